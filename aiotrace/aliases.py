@@ -1,0 +1,101 @@
+"""The classes :func:`aiotrace.install` puts in place of asyncio's own.
+
+``asyncio.Queue`` is replaced by ``aiotrace.aliases.Queue``, a subclass of
+:class:`~aiotrace.queues.PropagatingQueue`; likewise for the other queues, the locks and
+``TaskGroup``. The only thing an alias adds to its ``Propagating*`` class is compatibility with
+code that already holds stdlib objects: ``isinstance(x, asyncio.Queue)`` and
+``issubclass(C, asyncio.Queue)`` answer as they would for the stdlib class, so a queue created
+before ``install()`` (or a stdlib ``PriorityQueue``, which subclasses the original ``Queue``)
+still passes the checks libraries make. The ``Propagating*`` classes themselves make no such
+claim: ``isinstance(asyncio_queue, PropagatingQueue)`` stays false.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any, Dict, Tuple
+
+from . import locks, queues, tasks
+
+__all__ = ["ALIASES"]
+
+
+class StdlibAlias(type):
+    """Metaclass: instance and subclass checks defer to the stdlib class the alias replaces."""
+
+    __aiotrace_original__: type
+
+    def __new__(
+        mcs, name: str, bases: Tuple[type, ...], namespace: Dict[str, Any], original: type
+    ) -> StdlibAlias:
+        cls = super().__new__(mcs, name, bases, namespace)
+        cls.__aiotrace_original__ = original
+        return cls
+
+    def __init__(cls, name: str, bases: Tuple[type, ...], namespace: Dict[str, Any],
+                 original: type) -> None:
+        super().__init__(name, bases, namespace)
+
+    def __instancecheck__(cls, obj: object) -> bool:
+        return isinstance(obj, cls.__aiotrace_original__)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, cls.__aiotrace_original__)
+
+
+class Queue(queues.PropagatingQueue, metaclass=StdlibAlias, original=asyncio.Queue):
+    __doc__ = asyncio.Queue.__doc__
+
+
+class PriorityQueue(
+    queues.PropagatingPriorityQueue, metaclass=StdlibAlias, original=asyncio.PriorityQueue
+):
+    __doc__ = asyncio.PriorityQueue.__doc__
+
+
+class LifoQueue(queues.PropagatingLifoQueue, metaclass=StdlibAlias, original=asyncio.LifoQueue):
+    __doc__ = asyncio.LifoQueue.__doc__
+
+
+class Lock(locks.PropagatingLock, metaclass=StdlibAlias, original=asyncio.Lock):
+    __doc__ = asyncio.Lock.__doc__
+
+
+class Event(locks.PropagatingEvent, metaclass=StdlibAlias, original=asyncio.Event):
+    __doc__ = asyncio.Event.__doc__
+
+
+class Semaphore(locks.PropagatingSemaphore, metaclass=StdlibAlias, original=asyncio.Semaphore):
+    __doc__ = asyncio.Semaphore.__doc__
+
+
+class BoundedSemaphore(
+    locks.PropagatingBoundedSemaphore, metaclass=StdlibAlias, original=asyncio.BoundedSemaphore
+):
+    __doc__ = asyncio.BoundedSemaphore.__doc__
+
+
+class Condition(locks.PropagatingCondition, metaclass=StdlibAlias, original=asyncio.Condition):
+    __doc__ = asyncio.Condition.__doc__
+
+
+ALIASES: Dict[str, type] = {
+    "Queue": Queue,
+    "PriorityQueue": PriorityQueue,
+    "LifoQueue": LifoQueue,
+    "Lock": Lock,
+    "Event": Event,
+    "Semaphore": Semaphore,
+    "BoundedSemaphore": BoundedSemaphore,
+    "Condition": Condition,
+}
+
+if sys.version_info >= (3, 11):
+
+    class TaskGroup(
+        tasks.PropagatingTaskGroup, metaclass=StdlibAlias, original=asyncio.TaskGroup
+    ):
+        __doc__ = asyncio.TaskGroup.__doc__
+
+    ALIASES["TaskGroup"] = TaskGroup

@@ -1,0 +1,84 @@
+"""Synchronisation primitives whose waiters resume in their own OpenTelemetry context.
+
+A task that blocks in ``Lock.acquire()``, ``Event.wait()``, ``Semaphore.acquire()`` or
+``Condition.wait()`` is woken by another task. asyncio resumes it through
+``loop.call_soon(..., context=task_context)``; a loop that ignores ``context=`` resumes it inside
+a copy of the *waker's* context instead, and the waiter's next span gets the waker's parent.
+These subclasses remember the waiter's OpenTelemetry context before it blocks and put it back
+when it resumes (see :func:`aiotrace._otel.restore`). On the stock loop and uvloop the context is
+already right and the cost is one lookup and one identity test per wait.
+
+Behaviour is otherwise the stdlib's: these are subclasses, every other method is inherited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Optional
+
+from ._otel import get_current, restore
+
+__all__ = [
+    "PropagatingBoundedSemaphore",
+    "PropagatingCondition",
+    "PropagatingEvent",
+    "PropagatingLock",
+    "PropagatingSemaphore",
+]
+
+class PropagatingLock(asyncio.Lock):
+    """``asyncio.Lock`` whose waiters resume in the OpenTelemetry context they blocked in."""
+
+    async def acquire(self) -> bool:
+        saved = get_current()
+        try:
+            return await super().acquire()
+        finally:
+            restore(saved)
+
+
+class PropagatingEvent(asyncio.Event):
+    """``asyncio.Event`` whose waiters resume in the OpenTelemetry context they blocked in."""
+
+    async def wait(self) -> bool:
+        saved = get_current()
+        try:
+            return await super().wait()
+        finally:
+            restore(saved)
+
+
+class PropagatingSemaphore(asyncio.Semaphore):
+    """``asyncio.Semaphore`` whose waiters resume in the OpenTelemetry context they blocked in."""
+
+    async def acquire(self) -> bool:
+        saved = get_current()
+        try:
+            return await super().acquire()
+        finally:
+            restore(saved)
+
+
+class PropagatingBoundedSemaphore(PropagatingSemaphore, asyncio.BoundedSemaphore):
+    """``asyncio.BoundedSemaphore`` with the guarantee of :class:`PropagatingSemaphore`."""
+
+
+class PropagatingCondition(asyncio.Condition):
+    """``asyncio.Condition`` whose waiters resume in the OpenTelemetry context they blocked in.
+
+    Without an explicit ``lock`` it creates a :class:`PropagatingLock`, so that ``async with
+    condition:`` is covered as well as ``wait()``.
+    """
+
+    def __init__(self, lock: Optional[asyncio.Lock] = None, **kwargs: Any) -> None:
+        # ``kwargs`` carries the ``loop=`` argument that Python 3.8 and 3.9 still accept.
+        if lock is None:
+            lock = PropagatingLock(**kwargs)
+        super().__init__(lock, **kwargs)
+
+    async def wait(self) -> bool:
+        saved = get_current()
+        try:
+            return await super().wait()
+        finally:
+            restore(saved)

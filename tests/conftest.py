@@ -1,0 +1,135 @@
+"""Shared fixtures: an in-memory span exporter, the event loops every test runs on, and guards
+that each test leaves asyncio unpatched and logs no OpenTelemetry detach failure."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any, Callable, Coroutine, Dict, List, Optional
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+import aiotrace
+
+try:
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is in the test extra
+    uvloop = None
+
+_EXPORTER = InMemorySpanExporter()
+_PROVIDER = TracerProvider()
+_PROVIDER.add_span_processor(SimpleSpanProcessor(_EXPORTER))
+trace.set_tracer_provider(_PROVIDER)
+tracer = trace.get_tracer("aiotrace-tests")
+
+
+class DroppingLoop(asyncio.SelectorEventLoop):
+    """A loop that ignores ``call_soon(..., context=)``: callbacks run in a copy of whatever
+    context scheduled them. This is how a waiter resumes in its *waker's* context, the failure
+    aiotrace's primitives guard against (reproduced on CPython 3.8-3.13, see test_locks)."""
+
+    def call_soon(self, callback: Callable[..., Any], *args: Any, context: Any = None) -> Any:
+        return super().call_soon(callback, *args)
+
+
+LOOPS: Dict[str, Callable[[], asyncio.AbstractEventLoop]] = {
+    "asyncio": asyncio.SelectorEventLoop,
+    "dropping": DroppingLoop,
+}
+if uvloop is not None:
+    LOOPS["uvloop"] = uvloop.new_event_loop
+
+
+def _require_uvloop() -> None:
+    if uvloop is None and os.environ.get("AIOTRACE_REQUIRE_UVLOOP") == "1":
+        pytest.fail("AIOTRACE_REQUIRE_UVLOOP=1 but uvloop is not importable")
+
+
+def run_on(make_loop: Callable[[], asyncio.AbstractEventLoop], coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run ``coro`` to completion on a new loop from ``make_loop``, as ``asyncio.run`` does."""
+    loop = make_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            asyncio.set_event_loop(None)
+            loop.close()
+
+
+@pytest.fixture(params=sorted(LOOPS))
+def loop_name(request: pytest.FixtureRequest) -> str:
+    """Every loop kind: stock asyncio, uvloop and the context-dropping loop."""
+    _require_uvloop()
+    return request.param
+
+
+@pytest.fixture
+def run(loop_name: str) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    """Runs a coroutine on the loop kind of ``loop_name``."""
+    return lambda coro: run_on(LOOPS[loop_name], coro)
+
+
+@pytest.fixture(params=[name for name in sorted(LOOPS) if name != "dropping"])
+def honest_run(request: pytest.FixtureRequest) -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    """Runs a coroutine on the loops that honour ``context=`` (stock asyncio and uvloop)."""
+    _require_uvloop()
+    return lambda coro: run_on(LOOPS[request.param], coro)
+
+
+@pytest.fixture
+def drop_run() -> Callable[[Coroutine[Any, Any, Any]], Any]:
+    """Runs a coroutine on the context-dropping loop."""
+    return lambda coro: run_on(DroppingLoop, coro)
+
+
+class Spans:
+    """The finished spans of one test, looked up by name (names are unique in a test)."""
+
+    def __init__(self, exporter: InMemorySpanExporter) -> None:
+        self._exporter = exporter
+
+    @property
+    def all(self) -> List[ReadableSpan]:
+        return list(self._exporter.get_finished_spans())
+
+    def named(self, name: str) -> ReadableSpan:
+        found = [s for s in self.all if s.name == name]
+        assert len(found) == 1, f"expected one span named {name!r}, got {len(found)}"
+        return found[0]
+
+    def parent(self, name: str) -> Optional[str]:
+        """The name of the parent of span ``name`` (None for a root)."""
+        span = self.named(name)
+        if span.parent is None:
+            return None
+        by_id = {s.context.span_id: s.name for s in self.all}
+        return by_id.get(span.parent.span_id, "<unfinished or foreign span>")
+
+    def trace_of(self, name: str) -> int:
+        return self.named(name).context.trace_id
+
+
+@pytest.fixture
+def spans() -> Spans:
+    _EXPORTER.clear()
+    yield Spans(_EXPORTER)
+    _EXPORTER.clear()
+
+
+@pytest.fixture(autouse=True)
+def _clean_state(caplog: pytest.LogCaptureFixture) -> Any:
+    """No test leaks patches into the next, and none logs an OpenTelemetry detach failure."""
+    caplog.set_level(logging.ERROR, logger="opentelemetry.context")
+    yield
+    aiotrace.uninstall()
+    assert aiotrace.installed() == frozenset()
+    failures = [r for r in caplog.records if r.name == "opentelemetry.context"]
+    assert not failures, f"OpenTelemetry logged: {[r.getMessage() for r in failures]}"
