@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 from . import locks, queues, tasks
 
@@ -22,26 +22,42 @@ __all__ = ["ALIASES"]
 
 
 class StdlibAlias(type):
-    """Metaclass: instance and subclass checks defer to the stdlib class the alias replaces."""
+    """Metaclass: instance and subclass checks defer to the stdlib class the alias replaces.
 
-    __aiotrace_original__: type
+    Only the alias itself defers; a user's subclass of it (``class Mine(asyncio.Queue)`` after
+    ``install()``) is created without ``original`` and checks like any other class.
+    """
 
     def __new__(
-        mcs, name: str, bases: Tuple[type, ...], namespace: Dict[str, Any], original: type
+        mcs,
+        name: str,
+        bases: Tuple[type, ...],
+        namespace: Dict[str, Any],
+        original: Optional[type] = None,
     ) -> StdlibAlias:
-        cls = super().__new__(mcs, name, bases, namespace)
-        cls.__aiotrace_original__ = original
-        return cls
+        namespace["__aiotrace_original__"] = original
+        return super().__new__(mcs, name, bases, namespace)
 
-    def __init__(cls, name: str, bases: Tuple[type, ...], namespace: Dict[str, Any],
-                 original: type) -> None:
+    def __init__(
+        cls,
+        name: str,
+        bases: Tuple[type, ...],
+        namespace: Dict[str, Any],
+        original: Optional[type] = None,
+    ) -> None:
         super().__init__(name, bases, namespace)
 
     def __instancecheck__(cls, obj: object) -> bool:
-        return isinstance(obj, cls.__aiotrace_original__)
+        original = vars(cls)["__aiotrace_original__"]
+        if original is None:
+            return type.__instancecheck__(cls, obj)
+        return isinstance(obj, original)
 
     def __subclasscheck__(cls, sub: type) -> bool:
-        return issubclass(sub, cls.__aiotrace_original__)
+        original = vars(cls)["__aiotrace_original__"]
+        if original is None:
+            return type.__subclasscheck__(cls, sub)
+        return issubclass(sub, original)
 
 
 class Queue(queues.PropagatingQueue, metaclass=StdlibAlias, original=asyncio.Queue):

@@ -200,7 +200,7 @@ def install(
             owner = _resolve(patch.owner)
             original = getattr(owner, patch.attribute)
             try:
-                replacement = patch.make(original)
+                replacement = _replacement(patch, original)
             except _Foreign as foreign:
                 where = f"{patch.owner.replace(':', '.')}.{patch.attribute}"
                 found = getattr(foreign.found, "__module__", "?") + "." + getattr(
@@ -215,6 +215,15 @@ def install(
             _applied[key] = _Applied(patch, owner, original, replacement, owned)
             logger.debug("aiotrace: patched %s.%s", patch.owner.replace(":", "."), patch.attribute)
         return _active()
+
+
+def _replacement(patch: Patch, original: Any) -> Any:
+    # One original reached under two names (``asyncio.create_task`` and
+    # ``asyncio.tasks.create_task``) gets one replacement, so identity checks still agree.
+    for applied in _applied.values():
+        if applied.patch.make is patch.make and applied.original is original:
+            return applied.replacement
+    return patch.make(original)
 
 
 def uninstall() -> None:

@@ -1,0 +1,197 @@
+"""install()/uninstall(): what they replace, that they put back exactly what they found, and
+that they behave under repetition, threads, bad arguments and other libraries' patches."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+
+import aiotrace
+from aiotrace import registry
+
+
+def _snapshot():
+    """Every attribute the registry may replace, with the object it holds now."""
+    found = {}
+    for patch in registry.PATCHES:
+        owner = registry._resolve(patch.owner)
+        found[(patch.owner, patch.attribute)] = vars(owner).get(patch.attribute, "<inherited>")
+    return found
+
+
+def test_importing_aiotrace_patches_nothing():
+    assert aiotrace.installed() == frozenset()
+    assert asyncio.Queue.__module__ == "asyncio.queues"
+    assert asyncio.Lock.__module__ == "asyncio.locks"
+
+
+def test_install_patches_every_group_and_uninstall_restores_identity():
+    before = _snapshot()
+    active = aiotrace.install()
+    expected = set(registry.PATCH_NAMES) - registry.OPT_IN
+    assert active == frozenset(expected) == aiotrace.installed()
+    after_install = _snapshot()
+    changed = {key for key in before if before[key] is not after_install[key]}
+    assert changed == {
+        (p.owner, p.attribute) for p in registry.PATCHES if p.group in expected
+    }
+    aiotrace.uninstall()
+    restored = _snapshot()
+    assert all(restored[key] is before[key] for key in before)
+
+
+def test_install_and_uninstall_are_idempotent():
+    before = _snapshot()
+    first = aiotrace.install()
+    queue_class = asyncio.Queue
+    assert aiotrace.install() == first
+    assert asyncio.Queue is queue_class
+    aiotrace.uninstall()
+    aiotrace.uninstall()
+    assert _snapshot() == before
+
+
+def test_a_second_install_only_adds():
+    aiotrace.install(patch_queue=False)
+    assert "queue" not in aiotrace.installed()
+    assert "queue" in aiotrace.install()
+    assert "lock" in aiotrace.installed()
+
+
+def test_exclude_and_flags_select_groups():
+    active = aiotrace.install(patch_locks=False, exclude=["executor"])
+    assert active.isdisjoint(registry.LOCK_PATCHES | {"executor"})
+    assert asyncio.Event.__module__ == "asyncio.locks"
+    assert concurrent.futures.ThreadPoolExecutor.submit.__module__ == "concurrent.futures.thread"
+
+
+def test_unknown_names_are_refused_with_the_accepted_ones():
+    with pytest.raises(aiotrace.UnknownPatchError, match="'quuee'.*accepted: create_task"):
+        aiotrace.install(exclude=["quuee"])
+    with pytest.raises(ValueError, match="server_context 'dirty'; accepted: clean, inherit"):
+        aiotrace.install(server_context="dirty")
+    assert aiotrace.installed() == frozenset()
+
+
+def test_threads_racing_install_and_uninstall_leave_a_consistent_state():
+    before = _snapshot()
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def hammer(i: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(200):
+                if i % 2:
+                    aiotrace.install()
+                else:
+                    aiotrace.uninstall()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    # Whatever won the race, the state is all-or-nothing and undoable.
+    active = aiotrace.installed()
+    assert active in (frozenset(), frozenset(set(registry.PATCH_NAMES) - registry.OPT_IN))
+    assert (asyncio.Queue is before[("asyncio", "Queue")]) == ("queue" not in active)
+    aiotrace.uninstall()
+    assert _snapshot() == before
+
+
+def test_objects_created_before_install_still_pass_isinstance():
+    before = {name: getattr(asyncio, name)() for name in ("Queue", "Lock", "Event", "Condition")}
+    before["PriorityQueue"] = asyncio.PriorityQueue()
+    before["Semaphore"] = asyncio.BoundedSemaphore()
+    stock_queue = asyncio.Queue
+    aiotrace.install()
+    for name, obj in before.items():
+        assert isinstance(obj, getattr(asyncio, name)), name
+    assert isinstance(before["PriorityQueue"], asyncio.Queue)
+    assert issubclass(stock_queue, asyncio.Queue)
+    assert issubclass(asyncio.PriorityQueue, asyncio.Queue)
+    assert not isinstance(before["Queue"], aiotrace.PropagatingQueue)
+    during = asyncio.Queue()
+    assert type(during) is asyncio.Queue
+    assert isinstance(during, aiotrace.PropagatingQueue)
+    assert not isinstance(object(), asyncio.Queue)
+    aiotrace.uninstall()
+    assert isinstance(during, asyncio.Queue)
+    assert asyncio.Queue is stock_queue
+
+
+def test_subclasses_of_the_installed_classes_work(honest_run):
+    aiotrace.install()
+
+    class Mine(asyncio.Queue):
+        pass
+
+    async def main() -> None:
+        q = Mine()
+        await q.put(1)
+        assert await q.get() == 1
+
+    honest_run(main())
+    assert issubclass(Mine, aiotrace.PropagatingQueue)
+
+
+def test_a_foreign_class_is_left_alone_and_reported(caplog, monkeypatch):
+    class TheirQueue(asyncio.Queue):
+        pass
+
+    monkeypatch.setattr(asyncio, "Queue", TheirQueue)
+    registry.conflicts.clear()
+    with caplog.at_level(logging.DEBUG, logger="aiotrace"):
+        aiotrace.install()
+    assert asyncio.Queue is TheirQueue
+    assert "asyncio.Queue" in registry.conflicts
+    assert "TheirQueue" in registry.conflicts["asyncio.Queue"]
+    assert "asyncio.queues.Queue" not in registry.conflicts  # the submodule name was patched
+    assert any("not asyncio's; left alone" in r.getMessage() for r in caplog.records)
+    aiotrace.uninstall()
+    assert asyncio.Queue is TheirQueue
+    registry.conflicts.clear()
+
+
+def test_a_patch_replaced_after_install_is_not_clobbered(caplog):
+    original = asyncio.Lock
+    aiotrace.install()
+
+    class Later(asyncio.Lock):
+        pass
+
+    asyncio.Lock = Later
+    try:
+        with caplog.at_level(logging.WARNING, logger="aiotrace"):
+            aiotrace.uninstall()
+        assert asyncio.Lock is Later
+        assert any("asyncio.Lock was replaced again" in r.getMessage() for r in caplog.records)
+        assert asyncio.locks.Lock is original
+    finally:
+        asyncio.Lock = original
+
+
+def test_a_fresh_interpreter_importing_aiotrace_changes_nothing():
+    code = (
+        "import asyncio, concurrent.futures, sys\n"
+        "before = (asyncio.Queue, asyncio.Lock, asyncio.create_task,"
+        " concurrent.futures.ThreadPoolExecutor.submit)\n"
+        "import aiotrace\n"
+        "after = (asyncio.Queue, asyncio.Lock, asyncio.create_task,"
+        " concurrent.futures.ThreadPoolExecutor.submit)\n"
+        "assert all(a is b for a, b in zip(before, after)), after\n"
+        "assert aiotrace.installed() == frozenset()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIOTRACE_")}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env)

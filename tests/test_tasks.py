@@ -1,0 +1,206 @@
+"""Task creation: stock asyncio already nests spans correctly (kept so), and ``otel_ctx=``
+lets the caller choose the context a task starts with."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import sys
+
+import pytest
+from conftest import tracer
+from opentelemetry import context, trace
+
+import aiotrace
+
+needs_311 = pytest.mark.skipif(sys.version_info < (3, 11), reason="needs Python 3.11+")
+needs_312 = pytest.mark.skipif(sys.version_info < (3, 12), reason="needs Python 3.12+")
+var = contextvars.ContextVar("var", default="unset")
+
+
+async def child(name: str = "child") -> str:
+    with tracer.start_as_current_span(name):
+        await asyncio.sleep(0)
+    return name
+
+
+@pytest.mark.parametrize("installed", [False, True], ids=["stock", "installed"])
+@pytest.mark.parametrize("how", ["create_task", "ensure_future", "gather", "loop.create_task"])
+def test_children_nest_under_their_creator(run, spans, installed, how):
+    if installed:
+        aiotrace.install()
+
+    async def main() -> None:
+        with tracer.start_as_current_span("parent"):
+            if how == "create_task":
+                await asyncio.create_task(child())
+            elif how == "ensure_future":
+                await asyncio.ensure_future(child())
+            elif how == "gather":
+                await asyncio.gather(child())
+            else:
+                await asyncio.get_running_loop().create_task(child())
+
+    run(main())
+    assert spans.parent("child") == "parent"
+
+
+@needs_311
+@pytest.mark.parametrize("installed", [False, True], ids=["stock", "installed"])
+def test_task_group_children_nest(run, spans, installed):
+    if installed:
+        aiotrace.install()
+
+    async def main() -> None:
+        with tracer.start_as_current_span("parent"):
+            async with asyncio.TaskGroup() as group:
+                group.create_task(child("a"))
+                group.create_task(child("b"))
+
+    run(main())
+    assert spans.parent("a") == spans.parent("b") == "parent"
+
+
+def test_stock_create_task_cannot_detach_but_otel_ctx_can(honest_run, spans):
+    async def main() -> None:
+        with tracer.start_as_current_span("request"):
+            await asyncio.create_task(child("stock"))
+            await aiotrace.create_task_with_context(child("detached"), otel_ctx=context.Context())
+
+    honest_run(main())
+    assert spans.parent("stock") == "request"
+    assert spans.parent("detached") is None
+    assert spans.trace_of("detached") != spans.trace_of("request")
+
+
+def test_otel_ctx_can_name_another_parent(honest_run, spans):
+    async def main() -> None:
+        with tracer.start_as_current_span("elsewhere"):
+            handed_over = context.get_current()
+        with tracer.start_as_current_span("caller"):
+            await aiotrace.create_task_with_context(child(), otel_ctx=handed_over)
+            assert trace.get_current_span().name == "caller"
+
+    honest_run(main())
+    assert spans.parent("child") == "elsewhere"
+
+
+def test_default_is_the_callers_context_and_get_coro_name_are_kept(honest_run, spans):
+    async def main() -> None:
+        with tracer.start_as_current_span("parent"):
+            coro = child()
+            task = aiotrace.create_task_with_context(coro, name="worker")
+            assert task.get_coro() is coro
+            assert task.get_name() == "worker"
+            assert await task == "child"
+            coro2 = child("child2")
+            task2 = aiotrace.create_task_with_context(coro2, otel_ctx=context.Context(), name="w2")
+            assert task2.get_coro() is coro2
+            assert task2.get_name() == "w2"
+            await task2
+
+    honest_run(main())
+    assert spans.parent("child") == "parent"
+    assert spans.parent("child2") is None
+
+
+@needs_311
+def test_callers_context_is_honoured_and_never_changed(honest_run, spans):
+    async def read_var() -> str:
+        with tracer.start_as_current_span("inside"):
+            return var.get()
+
+    async def main() -> None:
+        own = contextvars.copy_context()
+        own.run(var.set, "mine")
+        with tracer.start_as_current_span("parent"):
+            assert await aiotrace.create_task_with_context(read_var(), context=own) == "mine"
+            before = dict(own.items())
+            got = await aiotrace.create_task_with_context(
+                read_var(), context=own, otel_ctx=context.Context()
+            )
+            assert got == "mine"
+            assert dict(own.items()) == before
+
+    honest_run(main())
+    # ``own`` was copied before "parent" started, so both tasks ran without a parent span.
+    assert [s.parent for s in spans.all if s.name == "inside"] == [None, None]
+
+
+@needs_312
+def test_eager_task_factory_starts_in_otel_ctx(honest_run, spans):
+    async def main() -> None:
+        asyncio.get_running_loop().set_task_factory(asyncio.eager_task_factory)
+        seen = []
+
+        async def eager() -> None:
+            seen.append(trace.get_current_span().name)
+            with tracer.start_as_current_span("eager"):
+                pass
+
+        with tracer.start_as_current_span("request"):
+            with tracer.start_as_current_span("other") as other:
+                other_ctx = trace.set_span_in_context(other)
+            task = aiotrace.create_task_with_context(eager(), otel_ctx=other_ctx)
+            assert task.done()  # ran eagerly, to completion, inside create_task
+            assert seen == ["other"]
+
+    honest_run(main())
+    assert spans.parent("eager") == "other"
+
+
+def test_installed_create_task_accepts_otel_ctx(honest_run, spans):
+    original = asyncio.create_task
+    aiotrace.install()
+    assert asyncio.create_task is not original
+    assert asyncio.create_task.__wrapped__ is original
+    assert asyncio.tasks.create_task is asyncio.create_task
+
+    async def main() -> None:
+        with tracer.start_as_current_span("request"):
+            coro = child("detached")
+            task = asyncio.create_task(coro, otel_ctx=context.Context(), name="n")
+            assert task.get_coro() is coro and task.get_name() == "n"
+            await task
+            await asyncio.create_task(child("attached"))
+
+    honest_run(main())
+    aiotrace.uninstall()
+    assert asyncio.create_task is original
+    assert spans.parent("detached") is None
+    assert spans.parent("attached") == "request"
+
+
+@needs_311
+def test_propagating_task_group_otel_ctx(honest_run, spans):
+    async def main() -> None:
+        with tracer.start_as_current_span("request"):
+            async with aiotrace.PropagatingTaskGroup() as group:
+                group.create_task(child("same"))
+                group.create_task(child("detached"), otel_ctx=context.Context(), name="d")
+
+    honest_run(main())
+    assert spans.parent("same") == "request"
+    assert spans.parent("detached") is None
+
+
+@needs_311
+def test_installed_task_group_is_the_propagating_one(honest_run, spans):
+    stock = asyncio.TaskGroup
+    aiotrace.install()
+    assert issubclass(asyncio.TaskGroup, aiotrace.PropagatingTaskGroup)
+    assert isinstance(stock(), asyncio.TaskGroup)
+
+    async def main() -> None:
+        async with asyncio.TaskGroup() as group:
+            with tracer.start_as_current_span("request"):
+                group.create_task(child("detached"), otel_ctx=context.Context())
+
+    honest_run(main())
+    assert spans.parent("detached") is None
+
+
+@pytest.mark.skipif(sys.version_info >= (3, 11), reason="TaskGroup exists")
+def test_task_group_before_311_says_why():
+    with pytest.raises(RuntimeError, match="Python 3.11"):
+        aiotrace.PropagatingTaskGroup()
