@@ -110,25 +110,29 @@ def test_threads_racing_install_and_uninstall_leave_a_consistent_state():
     assert _snapshot() == before
 
 
-def test_objects_created_before_install_still_pass_isinstance():
-    before = {name: getattr(asyncio, name)() for name in ("Queue", "Lock", "Event", "Condition")}
-    before["PriorityQueue"] = asyncio.PriorityQueue()
-    before["Semaphore"] = asyncio.BoundedSemaphore()
-    stock_queue = asyncio.Queue
-    aiotrace.install()
-    for name, obj in before.items():
-        assert isinstance(obj, getattr(asyncio, name)), name
-    assert isinstance(before["PriorityQueue"], asyncio.Queue)
-    assert issubclass(stock_queue, asyncio.Queue)
-    assert issubclass(asyncio.PriorityQueue, asyncio.Queue)
-    assert not isinstance(before["Queue"], aiotrace.PropagatingQueue)
-    during = asyncio.Queue()
-    assert type(during) is asyncio.Queue
-    assert isinstance(during, aiotrace.PropagatingQueue)
-    assert not isinstance(object(), asyncio.Queue)
-    aiotrace.uninstall()
-    assert isinstance(during, asyncio.Queue)
-    assert asyncio.Queue is stock_queue
+def test_objects_created_before_install_still_pass_isinstance(honest_run):
+    # Created inside a running loop: Python 3.8 binds primitives to the current loop.
+    async def main() -> None:
+        before = {name: getattr(asyncio, name)() for name in ("Queue", "Lock", "Event", "Condition")}
+        before["PriorityQueue"] = asyncio.PriorityQueue()
+        before["Semaphore"] = asyncio.BoundedSemaphore()
+        stock_queue = asyncio.Queue
+        aiotrace.install()
+        for name, obj in before.items():
+            assert isinstance(obj, getattr(asyncio, name)), name
+        assert isinstance(before["PriorityQueue"], asyncio.Queue)
+        assert issubclass(stock_queue, asyncio.Queue)
+        assert issubclass(asyncio.PriorityQueue, asyncio.Queue)
+        assert not isinstance(before["Queue"], aiotrace.PropagatingQueue)
+        during = asyncio.Queue()
+        assert type(during) is asyncio.Queue
+        assert isinstance(during, aiotrace.PropagatingQueue)
+        assert not isinstance(object(), asyncio.Queue)
+        aiotrace.uninstall()
+        assert isinstance(during, asyncio.Queue)
+        assert asyncio.Queue is stock_queue
+
+    honest_run(main())
 
 
 def test_subclasses_of_the_installed_classes_work(honest_run):
