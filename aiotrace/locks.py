@@ -9,6 +9,10 @@ when it resumes (see :func:`aiotrace._otel.restore`). On the stock loop and uvlo
 already right and the cost is one lookup and one identity test per wait.
 
 Behaviour is otherwise the stdlib's: these are subclasses, every other method is inherited.
+Where the stdlib would not wait at all, they take its own fast path first, so an uncontended
+acquire costs what it costs in the stdlib. Those fast paths read ``_locked``, ``_waiters`` and
+``_value``, which every CPython from 3.8 to 3.13 has (read in their ``asyncio/locks.py``); their
+conditions are stricter than the stdlib's, so they never take what the stdlib would wait for.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ class PropagatingLock(asyncio.Lock):
     """``asyncio.Lock`` whose waiters resume in the OpenTelemetry context they blocked in."""
 
     async def acquire(self) -> bool:
+        if not self._locked and not self._waiters:  # type: ignore[attr-defined]
+            self._locked = True  # type: ignore[attr-defined]
+            return True
         saved = get_current()
         try:
             return await super().acquire()
@@ -41,6 +48,8 @@ class PropagatingEvent(asyncio.Event):
     """``asyncio.Event`` whose waiters resume in the OpenTelemetry context they blocked in."""
 
     async def wait(self) -> bool:
+        if self.is_set():
+            return True
         saved = get_current()
         try:
             return await super().wait()
@@ -52,6 +61,9 @@ class PropagatingSemaphore(asyncio.Semaphore):
     """``asyncio.Semaphore`` whose waiters resume in the OpenTelemetry context they blocked in."""
 
     async def acquire(self) -> bool:
+        if self._value > 0 and not self._waiters:  # type: ignore[attr-defined]
+            self._value -= 1  # type: ignore[attr-defined]
+            return True
         saved = get_current()
         try:
             return await super().acquire()

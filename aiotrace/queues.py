@@ -21,6 +21,8 @@ class PropagatingQueue(asyncio.Queue):  # type: ignore[type-arg]
     """``asyncio.Queue`` whose waiters resume in the OpenTelemetry context they blocked in."""
 
     async def get(self) -> Any:
+        if not self.empty():  # the stdlib's own first test: nothing to wait for
+            return self.get_nowait()
         saved = get_current()
         try:
             return await super().get()
@@ -28,6 +30,8 @@ class PropagatingQueue(asyncio.Queue):  # type: ignore[type-arg]
             restore(saved)
 
     async def put(self, item: Any) -> None:
+        if not self.full():  # the stdlib's own first test: nothing to wait for
+            return self.put_nowait(item)
         saved = get_current()
         try:
             return await super().put(item)

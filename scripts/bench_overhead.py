@@ -1,0 +1,139 @@
+"""Overhead of aiotrace's patches against stock asyncio, measured in one run.
+
+Each workload runs alternately on stock asyncio and after ``aiotrace.install()`` (several
+repetitions each, medians compared), on a fresh loop each time. Printed per workload: the stock
+and patched cost per operation, their ratio, and the microseconds aiotrace adds per operation.
+
+    python scripts/bench_overhead.py [--loop asyncio|uvloop] [--repeat 15] [--scale 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+from typing import Any, Awaitable, Callable, Dict, List, Tuple
+
+import aiotrace
+
+Workload = Callable[[int], Awaitable[None]]
+
+
+async def create_task_gather(n: int) -> None:
+    async def noop() -> None:
+        pass
+
+    for _ in range(n // 100):
+        await asyncio.gather(*[asyncio.create_task(noop()) for _ in range(100)])
+
+
+async def queue_put_get(n: int) -> None:
+    """A consumer parked on ``get()`` is woken by every ``put()``: one put/get pair per op."""
+    q = asyncio.Queue()
+
+    async def consumer() -> None:
+        for _ in range(n):
+            await q.get()
+
+    task = asyncio.create_task(consumer())
+    for i in range(n):
+        await q.put(i)
+        await asyncio.sleep(0)
+    await task
+
+
+async def lock_contended(n: int) -> None:
+    """Four tasks take turns on one lock, each acquisition waits for the holder."""
+    lock = asyncio.Lock()
+    per_task = n // 4
+
+    async def worker() -> None:
+        for _ in range(per_task):
+            async with lock:
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*[worker() for _ in range(4)])
+
+
+async def event_wait_set(n: int) -> None:
+    async def waiter(ev: asyncio.Event) -> None:
+        await ev.wait()
+
+    for _ in range(n):
+        ev = asyncio.Event()
+        task = asyncio.create_task(waiter(ev))
+        await asyncio.sleep(0)
+        ev.set()
+        await task
+
+
+async def run_in_executor(n: int) -> None:
+    loop = asyncio.get_running_loop()
+    for _ in range(n // 10):
+        await asyncio.gather(*[loop.run_in_executor(None, int) for _ in range(10)])
+
+
+WORKLOADS: Dict[str, Tuple[Workload, int]] = {
+    "create_task+gather": (create_task_gather, 20_000),
+    "queue put/get": (queue_put_get, 20_000),
+    "lock (contended)": (lock_contended, 20_000),
+    "event wait/set": (event_wait_set, 10_000),
+    "run_in_executor": (run_in_executor, 4_000),
+}
+
+
+def new_loop(kind: str) -> asyncio.AbstractEventLoop:
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
+def timed(kind: str, workload: Workload, n: int) -> float:
+    loop = new_loop(kind)
+    try:
+        loop.run_until_complete(workload(min(n, 1000)))  # warm up (default executor, caches)
+        start = time.perf_counter()
+        loop.run_until_complete(workload(n))
+        return (time.perf_counter() - start) / n
+    finally:
+        loop.close()
+
+
+def measure(kind: str, workload: Workload, n: int, repeat: int) -> Tuple[float, float]:
+    stock: List[float] = []
+    patched: List[float] = []
+    for _ in range(repeat):
+        aiotrace.uninstall()
+        stock.append(timed(kind, workload, n))
+        aiotrace.install()
+        patched.append(timed(kind, workload, n))
+        aiotrace.uninstall()
+    return statistics.median(stock), statistics.median(patched)
+
+
+def main(argv: Any = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--loop", choices=["asyncio", "uvloop"], default="asyncio")
+    parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply operation counts")
+    parser.add_argument("--only", help="run only workloads whose name contains this")
+    args = parser.parse_args(argv)
+    print(f"Python {sys.version.split()[0]}, loop {args.loop}, {args.repeat} repetitions, medians")
+    print(f"{'workload':<22}{'stock µs/op':>13}{'aiotrace µs/op':>16}{'ratio':>8}{'added µs/op':>13}")
+    for name, (workload, n) in WORKLOADS.items():
+        if args.only and args.only not in name:
+            continue
+        stock, patched = measure(args.loop, workload, int(n * args.scale), args.repeat)
+        print(
+            f"{name:<22}{stock * 1e6:>13.3f}{patched * 1e6:>16.3f}"
+            f"{patched / stock:>8.3f}{(patched - stock) * 1e6:>+13.3f}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
