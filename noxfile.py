@@ -43,8 +43,18 @@ def _pytest(session: nox.Session, *extra: str) -> None:
     }
     with session.chdir(session.create_tmp()):
         session.run(
-            "coverage", "run", "-m", "pytest", "-c", str(ROOT / "pyproject.toml"),
-            "--rootdir", str(ROOT), str(ROOT / "tests"), *extra, *session.posargs, env=env,
+            "coverage",
+            "run",
+            "-m",
+            "pytest",
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            "--rootdir",
+            str(ROOT),
+            str(ROOT / "tests"),
+            *extra,
+            *session.posargs,
+            env=env,
         )
 
 

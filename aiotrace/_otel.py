@@ -54,7 +54,9 @@ def restore(saved: Context) -> None:
         attach(saved)
 
 
-def context_with(otel_ctx: Context, base: Optional[contextvars.Context] = None) -> contextvars.Context:
+def context_with(
+    otel_ctx: Context, base: Optional[contextvars.Context] = None
+) -> contextvars.Context:
     """A new ``contextvars.Context``: a copy of ``base`` (default: the current one) whose
     OpenTelemetry context is ``otel_ctx``. ``base`` itself is never changed."""
     ctx = contextvars.copy_context() if base is None else base.copy()

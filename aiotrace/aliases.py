@@ -109,9 +109,7 @@ ALIASES: Dict[str, type] = {
 
 if sys.version_info >= (3, 11):
 
-    class TaskGroup(
-        tasks.PropagatingTaskGroup, metaclass=StdlibAlias, original=asyncio.TaskGroup
-    ):
+    class TaskGroup(tasks.PropagatingTaskGroup, metaclass=StdlibAlias, original=asyncio.TaskGroup):
         __doc__ = asyncio.TaskGroup.__doc__
 
     ALIASES["TaskGroup"] = TaskGroup

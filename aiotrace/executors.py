@@ -6,9 +6,10 @@ exception: it copies the context itself). Running the callable inside
 ``contextvars.copy_context().run`` fixes that; because every job gets its own copy, a reused
 worker thread never carries one job's context into the next.
 
-Both the stock loop and uvloop implement ``run_in_executor`` as ``executor.submit(func, *args)``
-(read in CPython's ``asyncio/base_events.py`` and uvloop's ``loop.pyx``), so :func:`aiotrace.install`
-patches ``ThreadPoolExecutor.submit`` once and covers every loop and direct submissions alike.
+Both the stock loop and uvloop implement ``run_in_executor`` as
+``executor.submit(func, *args)`` (read in CPython's ``asyncio/base_events.py`` and uvloop's
+``loop.pyx``), so :func:`aiotrace.install` patches ``ThreadPoolExecutor.submit`` once and
+covers every loop and direct submissions alike.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def _runs_in_a_context(fn: Callable[..., Any]) -> bool:
 
 def run_in_executor_with_context(
     executor: Optional[concurrent.futures.Executor], func: Callable[..., _T], *args: Any
-) -> "asyncio.Future[_T]":
+) -> asyncio.Future[_T]:
     """Like ``loop.run_in_executor(executor, func, *args)`` on the running loop, but ``func``
     runs with the caller's context (OpenTelemetry's included).
 
@@ -56,8 +57,9 @@ def patched_submit(original: Callable[..., Any]) -> Callable[..., Any]:
     what :func:`aiotrace.install` puts in place of ``original``."""
 
     @functools.wraps(original)
-    def submit(self: concurrent.futures.Executor, fn: Callable[..., Any], /, *args: Any,
-               **kwargs: Any) -> "concurrent.futures.Future[Any]":
+    def submit(
+        self: concurrent.futures.Executor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+    ) -> concurrent.futures.Future[Any]:
         if _runs_in_a_context(fn):
             return original(self, fn, *args, **kwargs)
         return original(self, contextvars.copy_context().run, fn, *args, **kwargs)

@@ -30,6 +30,7 @@ __all__ = [
     "PropagatingSemaphore",
 ]
 
+
 class PropagatingLock(asyncio.Lock):
     """``asyncio.Lock`` whose waiters resume in the OpenTelemetry context they blocked in."""
 

@@ -67,7 +67,9 @@ def _submit(original: Any) -> Any:
 
 def _class_patches(group: str, module: str, names: Iterable[str]) -> List[Patch]:
     # asyncio re-exports every class of its submodules; code reaches them by both names.
-    return [Patch(group, owner, name, _alias(name)) for name in names for owner in ("asyncio", module)]
+    return [
+        Patch(group, owner, name, _alias(name)) for name in names for owner in ("asyncio", module)
+    ]
 
 
 def _all_patches() -> List[Patch]:
@@ -203,8 +205,10 @@ def install(
                 replacement = _replacement(patch, original)
             except _Foreign as foreign:
                 where = f"{patch.owner.replace(':', '.')}.{patch.attribute}"
-                found = getattr(foreign.found, "__module__", "?") + "." + getattr(
-                    foreign.found, "__qualname__", type(foreign.found).__name__
+                found = (
+                    getattr(foreign.found, "__module__", "?")
+                    + "."
+                    + getattr(foreign.found, "__qualname__", type(foreign.found).__name__)
                 )
                 if conflicts.get(where) != found:
                     conflicts[where] = found

@@ -28,11 +28,11 @@ _HAS_CONTEXT_KW = sys.version_info >= (3, 11)
 
 
 def spawn_in(
-    create: Callable[..., "asyncio.Task[_T]"],
+    create: Callable[..., asyncio.Task[_T]],
     coro: Coroutine[Any, Any, _T],
     otel_ctx: Optional[Context],
     kwargs: dict,
-) -> "asyncio.Task[_T]":
+) -> asyncio.Task[_T]:
     """Call ``create(coro, **kwargs)`` so that the task starts with ``otel_ctx`` current.
 
     ``create`` is any ``create_task``-like callable. With ``otel_ctx=None`` this is exactly
@@ -52,7 +52,7 @@ def create_task_with_context(
     name: Optional[str] = None,
     otel_ctx: Optional[Context] = None,
     **kwargs: Any,
-) -> "asyncio.Task[_T]":
+) -> asyncio.Task[_T]:
     """Schedule ``coro`` on the running loop as a task whose OpenTelemetry context is ``otel_ctx``.
 
     With ``otel_ctx=None`` (the default) the task starts with the caller's current context, as
@@ -67,7 +67,7 @@ def create_task_with_context(
     return spawn_in(loop.create_task, coro, otel_ctx, kwargs)
 
 
-def patched_create_task(original: Callable[..., "asyncio.Task[Any]"]) -> Callable[..., Any]:
+def patched_create_task(original: Callable[..., asyncio.Task[Any]]) -> Callable[..., Any]:
     """``asyncio.create_task`` that also accepts ``otel_ctx=``; what :func:`aiotrace.install`
     puts in place of ``original``.
 
@@ -79,23 +79,32 @@ def patched_create_task(original: Callable[..., "asyncio.Task[Any]"]) -> Callabl
     create_task: Callable[..., Any]
     if any(p.kind is p.VAR_KEYWORD for p in accepted.values()) or not {"name"} <= set(accepted):
 
-        def create_task(coro: Coroutine[Any, Any, _T], *, otel_ctx: Optional[Context] = None,
-                        **kwargs: Any) -> "asyncio.Task[_T]":
+        def create_task(
+            coro: Coroutine[Any, Any, _T], *, otel_ctx: Optional[Context] = None, **kwargs: Any
+        ) -> asyncio.Task[_T]:
             return spawn_in(original, coro, otel_ctx, kwargs)
 
     elif "context" in accepted:  # Python 3.11-3.13
 
-        def create_task(coro: Coroutine[Any, Any, _T], *, name: Optional[str] = None,
-                        context: Optional[contextvars.Context] = None,
-                        otel_ctx: Optional[Context] = None) -> "asyncio.Task[_T]":
+        def create_task(
+            coro: Coroutine[Any, Any, _T],
+            *,
+            name: Optional[str] = None,
+            context: Optional[contextvars.Context] = None,
+            otel_ctx: Optional[Context] = None,
+        ) -> asyncio.Task[_T]:
             if otel_ctx is None:
                 return original(coro, name=name, context=context)
             return spawn_in(original, coro, otel_ctx, {"name": name, "context": context})
 
     else:  # Python 3.8-3.10
 
-        def create_task(coro: Coroutine[Any, Any, _T], *, name: Optional[str] = None,
-                        otel_ctx: Optional[Context] = None) -> "asyncio.Task[_T]":
+        def create_task(
+            coro: Coroutine[Any, Any, _T],
+            *,
+            name: Optional[str] = None,
+            otel_ctx: Optional[Context] = None,
+        ) -> asyncio.Task[_T]:
             if otel_ctx is None:
                 return original(coro, name=name)
             return spawn_in(original, coro, otel_ctx, {"name": name})
@@ -120,7 +129,7 @@ if sys.version_info >= (3, 11):
             *,
             otel_ctx: Optional[Context] = None,
             **kwargs: Any,
-        ) -> "asyncio.Task[_T]":
+        ) -> asyncio.Task[_T]:
             return spawn_in(super().create_task, coro, otel_ctx, kwargs)
 
 else:
@@ -133,5 +142,3 @@ else:
                 "PropagatingTaskGroup needs asyncio.TaskGroup, which exists from Python 3.11 on; "
                 f"this is Python {sys.version_info[0]}.{sys.version_info[1]}"
             )
-
-

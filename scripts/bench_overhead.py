@@ -123,7 +123,9 @@ def main(argv: Any = None) -> int:
     parser.add_argument("--only", help="run only workloads whose name contains this")
     args = parser.parse_args(argv)
     print(f"Python {sys.version.split()[0]}, loop {args.loop}, {args.repeat} repetitions, medians")
-    print(f"{'workload':<22}{'stock µs/op':>13}{'aiotrace µs/op':>16}{'ratio':>8}{'added µs/op':>13}")
+    print(
+        f"{'workload':<22}{'stock µs/op':>13}{'aiotrace µs/op':>16}{'ratio':>8}{'added µs/op':>13}"
+    )
     for name, (workload, n) in WORKLOADS.items():
         if args.only and args.only not in name:
             continue

@@ -50,7 +50,9 @@ def _require_uvloop() -> None:
         pytest.fail("AIOTRACE_REQUIRE_UVLOOP=1 but uvloop is not importable")
 
 
-def run_on(make_loop: Callable[[], asyncio.AbstractEventLoop], coro: Coroutine[Any, Any, Any]) -> Any:
+def run_on(
+    make_loop: Callable[[], asyncio.AbstractEventLoop], coro: Coroutine[Any, Any, Any]
+) -> Any:
     """Run ``coro`` to completion on a new loop from ``make_loop``, as ``asyncio.run`` does."""
     loop = make_loop()
     asyncio.set_event_loop(loop)

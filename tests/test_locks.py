@@ -48,9 +48,7 @@ SCENARIOS = {
         wait=lambda s: s.acquire(),
         wake=lambda s: s.release(),
     ),
-    "Condition.wait": Scenario(
-        make=lambda ns: ns.Condition(), wait=_cond_wait, wake=_cond_notify
-    ),
+    "Condition.wait": Scenario(make=lambda ns: ns.Condition(), wait=_cond_wait, wake=_cond_notify),
     "Condition.wait_for": Scenario(
         make=lambda ns: _with_flag(ns.Condition()), wait=_cond_wait_for, wake=_cond_notify
     ),

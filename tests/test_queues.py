@@ -24,16 +24,24 @@ def _done_one(q: Any) -> None:
 
 
 SCENARIOS = {
-    "Queue.get": Scenario(make=lambda ns: ns.Queue(), wait=lambda q: q.get(),
-                          wake=lambda q: q.put_nowait(1)),
-    "Queue.put": Scenario(make=lambda ns: ns.Queue(maxsize=1), prepare=_full,
-                          wait=lambda q: q.put(1), wake=lambda q: q.get_nowait()),
-    "Queue.join": Scenario(make=lambda ns: ns.Queue(), prepare=_full,
-                           wait=lambda q: q.join(), wake=_done_one),
-    "PriorityQueue.get": Scenario(make=lambda ns: ns.PriorityQueue(), wait=lambda q: q.get(),
-                                  wake=lambda q: q.put_nowait(1)),
-    "LifoQueue.get": Scenario(make=lambda ns: ns.LifoQueue(), wait=lambda q: q.get(),
-                              wake=lambda q: q.put_nowait(1)),
+    "Queue.get": Scenario(
+        make=lambda ns: ns.Queue(), wait=lambda q: q.get(), wake=lambda q: q.put_nowait(1)
+    ),
+    "Queue.put": Scenario(
+        make=lambda ns: ns.Queue(maxsize=1),
+        prepare=_full,
+        wait=lambda q: q.put(1),
+        wake=lambda q: q.get_nowait(),
+    ),
+    "Queue.join": Scenario(
+        make=lambda ns: ns.Queue(), prepare=_full, wait=lambda q: q.join(), wake=_done_one
+    ),
+    "PriorityQueue.get": Scenario(
+        make=lambda ns: ns.PriorityQueue(), wait=lambda q: q.get(), wake=lambda q: q.put_nowait(1)
+    ),
+    "LifoQueue.get": Scenario(
+        make=lambda ns: ns.LifoQueue(), wait=lambda q: q.get(), wake=lambda q: q.put_nowait(1)
+    ),
 }
 
 STDLIB = types.SimpleNamespace(

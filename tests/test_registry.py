@@ -39,9 +39,7 @@ def test_install_patches_every_group_and_uninstall_restores_identity():
     assert active == frozenset(expected) == aiotrace.installed()
     after_install = _snapshot()
     changed = {key for key in before if before[key] is not after_install[key]}
-    assert changed == {
-        (p.owner, p.attribute) for p in registry.PATCHES if p.group in expected
-    }
+    assert changed == {(p.owner, p.attribute) for p in registry.PATCHES if p.group in expected}
     aiotrace.uninstall()
     restored = _snapshot()
     assert all(restored[key] is before[key] for key in before)
@@ -73,7 +71,7 @@ def test_exclude_and_flags_select_groups():
 
 
 def test_unknown_names_are_refused_with_the_accepted_ones():
-    with pytest.raises(aiotrace.UnknownPatchError, match="'quuee'.*accepted: create_task"):
+    with pytest.raises(aiotrace.UnknownPatchError, match=r"'quuee'.*accepted: create_task"):
         aiotrace.install(exclude=["quuee"])
     with pytest.raises(ValueError, match="server_context 'dirty'; accepted: clean, inherit"):
         aiotrace.install(server_context="dirty")
@@ -113,7 +111,9 @@ def test_threads_racing_install_and_uninstall_leave_a_consistent_state():
 def test_objects_created_before_install_still_pass_isinstance(honest_run):
     # Created inside a running loop: Python 3.8 binds primitives to the current loop.
     async def main() -> None:
-        before = {name: getattr(asyncio, name)() for name in ("Queue", "Lock", "Event", "Condition")}
+        before = {
+            name: getattr(asyncio, name)() for name in ("Queue", "Lock", "Event", "Condition")
+        }
         before["PriorityQueue"] = asyncio.PriorityQueue()
         before["Semaphore"] = asyncio.BoundedSemaphore()
         stock_queue = asyncio.Queue

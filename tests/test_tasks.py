@@ -204,5 +204,5 @@ def test_installed_task_group_is_the_propagating_one(honest_run, spans):
 
 @pytest.mark.skipif(sys.version_info >= (3, 11), reason="TaskGroup exists")
 def test_task_group_before_311_says_why():
-    with pytest.raises(RuntimeError, match="Python 3.11"):
+    with pytest.raises(RuntimeError, match=r"Python 3\.11"):
         aiotrace.PropagatingTaskGroup()

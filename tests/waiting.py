@@ -8,7 +8,7 @@ from typing import Any, Callable
 from opentelemetry import context, trace
 
 
-async def until_blocked(task: "asyncio.Task[Any]") -> None:
+async def until_blocked(task: asyncio.Task[Any]) -> None:
     """Yield to the loop until ``task`` is parked on a future.
 
     Deterministic: it counts loop iterations, never time. ``Task._fut_waiter`` is the future a
@@ -33,8 +33,6 @@ def enter_span(tracer: trace.Tracer, name: str) -> trace.Span:
 
 def current_span_name() -> str:
     return getattr(trace.get_current_span(), "name", "<none>")
-
-
 
 
 class Scenario:
