@@ -206,3 +206,28 @@ def test_installed_task_group_is_the_propagating_one(honest_run, spans):
 def test_task_group_before_311_says_why():
     with pytest.raises(RuntimeError, match=r"Python 3\.11"):
         aiotrace.PropagatingTaskGroup()
+
+
+def test_wrapper_for_a_create_task_that_takes_any_keyword(honest_run, spans):
+    """Python 3.14's ``asyncio.create_task(coro, **kwargs)`` (and any foreign wrapper with an
+    unknown signature) gets the forwarding form of the patch."""
+    from aiotrace.tasks import patched_create_task
+
+    calls = []
+
+    def create_task(coro, **kwargs):
+        calls.append(sorted(kwargs))
+        return asyncio.get_running_loop().create_task(coro, **kwargs)
+
+    wrapped = patched_create_task(create_task)
+
+    async def main() -> None:
+        with tracer.start_as_current_span("request"):
+            await wrapped(child("attached"), name="a")
+            await wrapped(child("detached"), otel_ctx=context.Context())
+
+    honest_run(main())
+    assert spans.parent("attached") == "request"
+    assert spans.parent("detached") is None
+    expected_second = ["context"] if sys.version_info >= (3, 11) else []
+    assert calls == [["name"], expected_second]
