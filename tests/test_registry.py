@@ -70,6 +70,24 @@ def test_exclude_and_flags_select_groups():
     assert concurrent.futures.ThreadPoolExecutor.submit.__module__ == "concurrent.futures.thread"
 
 
+def test_every_switch_maps_to_its_groups():
+    everything = set(registry.PATCH_NAMES)
+    assert registry.selected(patch_threads=True) == everything
+    assert registry.selected() == everything - registry.OPT_IN
+    assert "server" not in registry.selected(server_context="inherit")
+    assert "asyncgen" not in registry.selected(close_asyncgens=False)
+    assert "queue" not in registry.selected(patch_queue=False)
+
+
+def test_original_reports_what_was_replaced():
+    stock = asyncio.Lock
+    assert registry.original("asyncio", "Lock") is None
+    aiotrace.install()
+    assert registry.original("asyncio", "Lock") is stock
+    aiotrace.uninstall()
+    assert registry.original("asyncio", "Lock") is None
+
+
 def test_unknown_names_are_refused_with_the_accepted_ones():
     with pytest.raises(aiotrace.UnknownPatchError, match=r"'quuee'.*accepted: create_task"):
         aiotrace.install(exclude=["quuee"])
@@ -148,6 +166,15 @@ def test_subclasses_of_the_installed_classes_work(honest_run):
 
     honest_run(main())
     assert issubclass(Mine, aiotrace.PropagatingQueue)
+
+    class Deeper(Mine):
+        pass
+
+    # Instances made without __init__: Python 3.8 would bind them to an event loop.
+    assert isinstance(object.__new__(Deeper), Mine)
+    assert issubclass(Deeper, Mine)
+    assert not isinstance(object.__new__(asyncio.PriorityQueue), Mine)
+    assert not issubclass(asyncio.PriorityQueue, Mine)
 
 
 def test_a_foreign_class_is_left_alone_and_reported(caplog, monkeypatch):
