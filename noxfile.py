@@ -27,10 +27,10 @@ if _extra:
     os.environ["PATH"] = os.pathsep.join([*_extra, os.environ.get("PATH", "")])
 
 
-def _install(session: nox.Session, *extra: str) -> None:
+def _install(session: nox.Session, extras: str, *extra: str) -> None:
     # uv would keep an already installed aiotrace 0.2.0 although the checkout changed.
     fresh = ["--reinstall-package", "aiotrace"] if session.venv_backend == "uv" else []
-    session.install(*fresh, f"{ROOT}[test]", *extra)
+    session.install(*fresh, f"{ROOT}[{extras}]", *extra)
 
 
 def _pytest(session: nox.Session, *extra: str) -> None:
@@ -60,14 +60,16 @@ def _pytest(session: nox.Session, *extra: str) -> None:
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    _install(session)
+    _install(session, "test,test-ecosystem")
     _pytest(session)
 
 
 @nox.session(python=["3.8", "3.13"])
 def lowest_otel(session: nox.Session) -> None:
     """The oldest ``opentelemetry-api`` the package declares support for."""
-    _install(session, f"opentelemetry-api=={LOWEST_OTEL}", f"opentelemetry-sdk=={LOWEST_OTEL}")
+    _install(
+        session, "test", f"opentelemetry-api=={LOWEST_OTEL}", f"opentelemetry-sdk=={LOWEST_OTEL}"
+    )
     _pytest(session)
 
 
@@ -75,7 +77,7 @@ def lowest_otel(session: nox.Session) -> None:
 def coverage(session: nox.Session) -> None:
     session.install("coverage[toml]>=7")
     env = {"COVERAGE_RCFILE": str(ROOT / "pyproject.toml")}
-    session.run("coverage", "combine", "--keep", *glob.glob(str(ROOT / ".coverage.*")), env=env)
+    session.run("coverage", "combine", *glob.glob(str(ROOT / ".coverage.*")), env=env)
     session.run("coverage", "report", "--fail-under=95", env=env)
 
 

@@ -15,9 +15,10 @@ from .locks import (
     PropagatingLock,
     PropagatingSemaphore,
 )
+from .propagation import attached_context, inject_context
 from .queues import PropagatingLifoQueue, PropagatingPriorityQueue, PropagatingQueue
 from .registry import PATCH_NAMES, UnknownPatchError, install, installed, uninstall
-from .tasks import PropagatingTaskGroup, create_task_with_context
+from .tasks import PropagatingTaskGroup, create_task_with_context, linked_root
 
 __version__ = "0.2.0"
 
@@ -34,9 +35,12 @@ __all__ = [
     "PropagatingTaskGroup",
     "UnknownPatchError",
     "__version__",
+    "attached_context",
     "create_task_with_context",
+    "inject_context",
     "install",
     "installed",
+    "linked_root",
     "run_in_executor_with_context",
     "uninstall",
 ]

@@ -60,40 +60,48 @@ class StdlibAlias(type):
         return issubclass(sub, original)
 
 
-class Queue(queues.PropagatingQueue, metaclass=StdlibAlias, original=asyncio.Queue):
-    __doc__ = asyncio.Queue.__doc__
+class Queue(queues.PropagatingQueue, metaclass=StdlibAlias, original=asyncio.queues.Queue):
+    __doc__ = asyncio.queues.Queue.__doc__
 
 
 class PriorityQueue(
-    queues.PropagatingPriorityQueue, metaclass=StdlibAlias, original=asyncio.PriorityQueue
+    queues.PropagatingPriorityQueue, metaclass=StdlibAlias, original=asyncio.queues.PriorityQueue
 ):
-    __doc__ = asyncio.PriorityQueue.__doc__
+    __doc__ = asyncio.queues.PriorityQueue.__doc__
 
 
-class LifoQueue(queues.PropagatingLifoQueue, metaclass=StdlibAlias, original=asyncio.LifoQueue):
-    __doc__ = asyncio.LifoQueue.__doc__
+class LifoQueue(
+    queues.PropagatingLifoQueue, metaclass=StdlibAlias, original=asyncio.queues.LifoQueue
+):
+    __doc__ = asyncio.queues.LifoQueue.__doc__
 
 
-class Lock(locks.PropagatingLock, metaclass=StdlibAlias, original=asyncio.Lock):
-    __doc__ = asyncio.Lock.__doc__
+class Lock(locks.PropagatingLock, metaclass=StdlibAlias, original=asyncio.locks.Lock):
+    __doc__ = asyncio.locks.Lock.__doc__
 
 
-class Event(locks.PropagatingEvent, metaclass=StdlibAlias, original=asyncio.Event):
-    __doc__ = asyncio.Event.__doc__
+class Event(locks.PropagatingEvent, metaclass=StdlibAlias, original=asyncio.locks.Event):
+    __doc__ = asyncio.locks.Event.__doc__
 
 
-class Semaphore(locks.PropagatingSemaphore, metaclass=StdlibAlias, original=asyncio.Semaphore):
-    __doc__ = asyncio.Semaphore.__doc__
+class Semaphore(
+    locks.PropagatingSemaphore, metaclass=StdlibAlias, original=asyncio.locks.Semaphore
+):
+    __doc__ = asyncio.locks.Semaphore.__doc__
 
 
 class BoundedSemaphore(
-    locks.PropagatingBoundedSemaphore, metaclass=StdlibAlias, original=asyncio.BoundedSemaphore
+    locks.PropagatingBoundedSemaphore,
+    metaclass=StdlibAlias,
+    original=asyncio.locks.BoundedSemaphore,
 ):
-    __doc__ = asyncio.BoundedSemaphore.__doc__
+    __doc__ = asyncio.locks.BoundedSemaphore.__doc__
 
 
-class Condition(locks.PropagatingCondition, metaclass=StdlibAlias, original=asyncio.Condition):
-    __doc__ = asyncio.Condition.__doc__
+class Condition(
+    locks.PropagatingCondition, metaclass=StdlibAlias, original=asyncio.locks.Condition
+):
+    __doc__ = asyncio.locks.Condition.__doc__
 
 
 ALIASES: Dict[str, type] = {
@@ -109,7 +117,9 @@ ALIASES: Dict[str, type] = {
 
 if sys.version_info >= (3, 11):
 
-    class TaskGroup(tasks.PropagatingTaskGroup, metaclass=StdlibAlias, original=asyncio.TaskGroup):
-        __doc__ = asyncio.TaskGroup.__doc__
+    class TaskGroup(
+        tasks.PropagatingTaskGroup, metaclass=StdlibAlias, original=asyncio.taskgroups.TaskGroup
+    ):
+        __doc__ = asyncio.taskgroups.TaskGroup.__doc__
 
     ALIASES["TaskGroup"] = TaskGroup

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 
-class PropagatingLock(asyncio.Lock):
+class PropagatingLock(asyncio.locks.Lock):
     """``asyncio.Lock`` whose waiters resume in the OpenTelemetry context they blocked in."""
 
     async def acquire(self) -> bool:
@@ -45,7 +45,7 @@ class PropagatingLock(asyncio.Lock):
             restore(saved)
 
 
-class PropagatingEvent(asyncio.Event):
+class PropagatingEvent(asyncio.locks.Event):
     """``asyncio.Event`` whose waiters resume in the OpenTelemetry context they blocked in."""
 
     async def wait(self) -> bool:
@@ -58,7 +58,7 @@ class PropagatingEvent(asyncio.Event):
             restore(saved)
 
 
-class PropagatingSemaphore(asyncio.Semaphore):
+class PropagatingSemaphore(asyncio.locks.Semaphore):
     """``asyncio.Semaphore`` whose waiters resume in the OpenTelemetry context they blocked in."""
 
     async def acquire(self) -> bool:
@@ -72,11 +72,11 @@ class PropagatingSemaphore(asyncio.Semaphore):
             restore(saved)
 
 
-class PropagatingBoundedSemaphore(PropagatingSemaphore, asyncio.BoundedSemaphore):
+class PropagatingBoundedSemaphore(PropagatingSemaphore, asyncio.locks.BoundedSemaphore):
     """``asyncio.BoundedSemaphore`` with the guarantee of :class:`PropagatingSemaphore`."""
 
 
-class PropagatingCondition(asyncio.Condition):
+class PropagatingCondition(asyncio.locks.Condition):
     """``asyncio.Condition`` whose waiters resume in the OpenTelemetry context they blocked in.
 
     Without an explicit ``lock`` it creates a :class:`PropagatingLock`, so that ``async with

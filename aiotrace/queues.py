@@ -1,24 +1,84 @@
-"""Queues whose blocked producers and consumers resume in their own OpenTelemetry context.
+"""Queues that keep each item's trace, and whose waiters resume in their own context.
 
-``Queue.get()`` on an empty queue and ``Queue.put()`` on a full one park the task until another
-task wakes it; ``join()`` parks it until every item is done. Like the primitives in
-:mod:`aiotrace.locks`, these subclasses remember the waiter's OpenTelemetry context before it
-blocks and put it back when it resumes, so a loop that drops ``call_soon(..., context=)`` cannot
-hand the waiter its waker's span. Everything else is the stdlib's behaviour.
+Two things are lost when work travels through a stock ``asyncio.Queue``:
+
+- *The item's trace.* The consumer only ever runs in its own context (often the span that was
+  current when the worker task was created), so the work done for a request is cut off from it.
+  These queues remember, for every item, the OpenTelemetry context of the ``put``/``put_nowait``
+  that enqueued it. Plain ``get()`` is unchanged; :meth:`PropagatingQueue.consume` processes an
+  item in (``mode="parent"``) or linked to (``mode="link"``) its producer's trace, and
+  :meth:`PropagatingQueue.get_with_context` returns ``(item, context)``.
+- *The waiter's context.* ``get()`` on an empty queue, ``put()`` on a full one and ``join()``
+  park the task until another task wakes it. Like :mod:`aiotrace.locks`, these remember the
+  waiter's context before it blocks and put it back when it resumes, so a loop that drops
+  ``call_soon(..., context=)`` cannot hand the waiter its waker's span.
+
+The producer contexts are kept beside the items, never with them: the items in ``_queue`` are
+the caller's own objects (``repr``, subclasses and the heap order see exactly what the stdlib
+would), contexts are never compared (a ``PriorityQueue`` of equal items heap-compares only the
+items), and items need not be hashable or weak-referenceable. The hooks are the stdlib's own
+storage methods ``_put``/``_get``, whose bodies are the same on CPython 3.8-3.13 (read in their
+``asyncio/queues.py``) and through which every way in and out passes, 3.13's
+``shutdown(immediate=True)`` included; every other method (``task_done``/``join``,
+``maxsize``, ``qsize``, ``shutdown``) is inherited.
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+import collections
+import heapq
+from typing import Any, AsyncContextManager, Optional, Tuple, Type
 
-from ._otel import get_current, restore
+from ._otel import Context, attach, get_current, restore
 
-__all__ = ["PropagatingLifoQueue", "PropagatingPriorityQueue", "PropagatingQueue"]
+__all__ = [
+    "CONSUME_MODES",
+    "PropagatingLifoQueue",
+    "PropagatingPriorityQueue",
+    "PropagatingQueue",
+]
+
+CONSUME_MODES: Tuple[str, ...] = ("parent", "link")
 
 
-class PropagatingQueue(asyncio.Queue):  # type: ignore[type-arg]
-    """``asyncio.Queue`` whose waiters resume in the OpenTelemetry context they blocked in."""
+class PropagatingQueue(asyncio.queues.Queue):  # type: ignore[type-arg]
+    """``asyncio.Queue`` that remembers each item's producer context, and whose waiters resume
+    in the OpenTelemetry context they blocked in."""
+
+    # The producer context of the item the last ``_get`` returned (None: unknown).
+    _aiotrace_last: Optional[Context] = None
+
+    def __init__(self, maxsize: int = 0, **kwargs: Any) -> None:  # kwargs: ``loop`` (3.8, 3.9)
+        # Here rather than in ``_init``: a subclass that replaces ``_init`` with its own storage
+        # and keeps our ``_put``/``_get`` must still find the context store.
+        self._aiotrace_producers = self._aiotrace_store()
+        super().__init__(maxsize, **kwargs)
+
+    @staticmethod
+    def _aiotrace_store() -> Any:
+        return collections.deque()
+
+    # -- storage: the stdlib's bodies, plus the producer context beside each item --------------
+
+    def _put(self, item: Any) -> None:
+        queue, producers = self._queue, self._aiotrace_producers  # type: ignore[attr-defined]
+        queue.append(item)
+        if len(producers) >= len(queue):
+            producers.clear()  # a subclass's ``_get`` took items without us: never grow
+        producers.append(get_current())
+
+    def _get(self) -> Any:
+        queue, producers = self._queue, self._aiotrace_producers  # type: ignore[attr-defined]
+        if len(producers) != len(queue):
+            # ``_queue`` was changed behind our back (``q._queue.clear()``): no context is
+            # known to belong to any item still in it, and a wrong one is worse than none.
+            producers.clear()
+        item = queue.popleft()
+        self._aiotrace_last = producers.popleft() if producers else None
+        return item
+
+    # -- waiting: resume in the waiter's own context ---------------------------------------------
 
     async def get(self) -> Any:
         if not self.empty():  # the stdlib's own first test: nothing to wait for
@@ -34,9 +94,17 @@ class PropagatingQueue(asyncio.Queue):  # type: ignore[type-arg]
             return self.put_nowait(item)
         saved = get_current()
         try:
-            return await super().put(item)
+            await super().put(item)
+            # ``_put`` ran just now, in whatever context the loop resumed us in (on a loop that
+            # drops ``context=``, the waker's): the item's producer is the context we blocked in.
+            self._aiotrace_set_last_producer(item, saved)
         finally:
             restore(saved)
+
+    def _aiotrace_set_last_producer(self, item: Any, otel_ctx: Context) -> None:
+        producers = self._aiotrace_producers
+        if producers and len(producers) == len(self._queue):  # type: ignore[attr-defined]
+            producers[-1] = otel_ctx
 
     async def join(self) -> None:
         saved = get_current()
@@ -45,10 +113,177 @@ class PropagatingQueue(asyncio.Queue):  # type: ignore[type-arg]
         finally:
             restore(saved)
 
+    # -- hand-off --------------------------------------------------------------------------------
 
-class PropagatingPriorityQueue(PropagatingQueue, asyncio.PriorityQueue):  # type: ignore[type-arg]
-    """``asyncio.PriorityQueue`` with the guarantee of :class:`PropagatingQueue`."""
+    async def get_with_context(self) -> Tuple[Any, Optional[Context]]:
+        """Remove and return ``(item, producer_context)``, waiting like ``get()`` (this class's:
+        a subclass's override of ``get`` is not called).
+
+        ``producer_context`` is the OpenTelemetry context that was current where the item was
+        put (``put``/``put_nowait``), or None if it is not known (the item reached ``_queue``
+        some other way). The caller's own context is not changed.
+        """
+        # Our own ``get``, not a subclass's (which might await after taking the item): it
+        # returns straight from ``_get``, so no other consumer has replaced the value since.
+        item = await PropagatingQueue.get(self)
+        otel_ctx, self._aiotrace_last = self._aiotrace_last, None
+        return item, otel_ctx
+
+    def get_nowait_with_context(self) -> Tuple[Any, Optional[Context]]:
+        """``get_nowait()`` that also returns the producer context, like
+        :meth:`get_with_context`. Raises ``asyncio.QueueEmpty`` as ``get_nowait()`` does."""
+        item = self.get_nowait()
+        otel_ctx, self._aiotrace_last = self._aiotrace_last, None
+        return item, otel_ctx
+
+    def consume(
+        self, mode: str = "parent", *, span_name: str = "process"
+    ) -> AsyncContextManager[Any]:
+        """``async with queue.consume() as item:`` gets the next item (waiting like ``get()``)
+        and runs the block in its producer's trace; the consumer's own context is back after it.
+
+        ``mode="parent"`` (the default) makes the producer's context current for the block:
+        spans started there are children of the span that was current at ``put``, in the same
+        trace, and its baggage comes along. ``mode="link"`` starts a new trace instead: the
+        block runs in a root span ``span_name`` of kind ``CONSUMER`` that carries a link to the
+        producer's span (and the producer's baggage); it ends with the block and records an
+        exception that leaves it. If the producer context is unknown, ``parent`` leaves the
+        consumer's context as it is and ``link`` starts its span without a link.
+
+        ``task_done()`` is not called for you, as with ``get()``.
+        """
+        if mode not in CONSUME_MODES:
+            raise ValueError(f"unknown consume mode {mode!r}; accepted: {', '.join(CONSUME_MODES)}")
+        return _Consumption(self, mode == "link", span_name)
 
 
-class PropagatingLifoQueue(PropagatingQueue, asyncio.LifoQueue):  # type: ignore[type-arg]
-    """``asyncio.LifoQueue`` with the guarantee of :class:`PropagatingQueue`."""
+class PropagatingPriorityQueue(PropagatingQueue, asyncio.queues.PriorityQueue):  # type: ignore[type-arg]
+    """``asyncio.PriorityQueue`` with the hand-off and guarantees of :class:`PropagatingQueue`.
+
+    The heap holds the items alone; producer contexts are kept by item identity, so the heap
+    compares exactly what the stdlib's would and never a context. The same object enqueued
+    several times hands its contexts out in the order they were put.
+    """
+
+    @staticmethod
+    def _aiotrace_store() -> Any:
+        return {}
+
+    def _put(self, item: Any, heappush: Any = heapq.heappush) -> None:
+        queue, producers = self._queue, self._aiotrace_producers  # type: ignore[attr-defined]
+        heappush(queue, item)
+        if len(producers) >= len(queue):
+            producers.clear()  # see PropagatingQueue._put
+        otel_ctx = get_current()
+        key = id(item)  # unique while the queue holds the item
+        held = producers.get(key)
+        if held is None:
+            producers[key] = otel_ctx
+        elif type(held) is _Several:
+            held.append(otel_ctx)
+        else:
+            producers[key] = _Several((held, otel_ctx))
+
+    def _get(self, heappop: Any = heapq.heappop) -> Any:
+        queue, producers = self._queue, self._aiotrace_producers  # type: ignore[attr-defined]
+        item = heappop(queue)
+        otel_ctx = producers.pop(id(item), None)
+        if type(otel_ctx) is _Several:
+            several, otel_ctx = otel_ctx, otel_ctx.popleft()
+            if several:
+                producers[id(item)] = several
+        if not queue and producers:
+            # Left by items that went out of ``_queue`` behind our back (``q._queue.clear()``);
+            # a new item reusing such an identity would pick one up. Empty is the moment every
+            # held context is known to be stale.
+            producers.clear()
+        self._aiotrace_last = otel_ctx
+        return item
+
+    def _aiotrace_set_last_producer(self, item: Any, otel_ctx: Context) -> None:
+        producers = self._aiotrace_producers
+        held = producers.get(id(item))
+        if type(held) is _Several:
+            held[-1] = otel_ctx
+        elif held is not None:
+            producers[id(item)] = otel_ctx
+
+
+class PropagatingLifoQueue(PropagatingQueue, asyncio.queues.LifoQueue):  # type: ignore[type-arg]
+    """``asyncio.LifoQueue`` with the hand-off and guarantees of :class:`PropagatingQueue`."""
+
+    @staticmethod
+    def _aiotrace_store() -> Any:
+        return []
+
+    def _put(self, item: Any) -> None:
+        queue, producers = self._queue, self._aiotrace_producers  # type: ignore[attr-defined]
+        queue.append(item)
+        if len(producers) >= len(queue):
+            producers.clear()  # a subclass's ``_get`` took items without us: never grow
+        producers.append(get_current())
+
+    def _get(self) -> Any:
+        queue, producers = self._queue, self._aiotrace_producers  # type: ignore[attr-defined]
+        if len(producers) != len(queue):
+            producers.clear()  # see PropagatingQueue._get
+        item = queue.pop()
+        self._aiotrace_last = producers.pop() if producers else None
+        return item
+
+
+class _Several(collections.deque):  # type: ignore[type-arg]
+    """The producer contexts of one object enqueued several times (oldest first)."""
+
+
+class _Consumption:
+    """The async context manager returned by :meth:`PropagatingQueue.consume`."""
+
+    __slots__ = ("_link", "_previous", "_queue", "_span", "_span_name")
+
+    def __init__(self, queue: PropagatingQueue, link: bool, span_name: str) -> None:
+        self._queue = queue
+        self._link = link
+        self._span_name = span_name
+        self._span: Any = None
+        self._previous: Optional[Context] = None
+
+    async def __aenter__(self) -> Any:
+        queue = self._queue
+        if queue.empty():
+            item, producer = await queue.get_with_context()
+        else:
+            item, producer = queue.get_nowait_with_context()
+        self._previous = get_current()
+        if self._link:
+            from opentelemetry import trace
+
+            producer_span = trace.get_current_span(producer).get_span_context()
+            self._span = span = trace.get_tracer("aiotrace").start_span(
+                self._span_name,
+                context=Context(),
+                kind=trace.SpanKind.CONSUMER,
+                links=[trace.Link(producer_span)] if producer_span.is_valid else None,
+            )
+            base = self._previous if producer is None else producer
+            attach(trace.set_span_in_context(span, base))
+        elif producer is not None:
+            attach(producer)
+        return item
+
+    async def __aexit__(self, exc_type: Optional[Type[BaseException]], exc: Any, tb: Any) -> None:
+        span, self._span = self._span, None
+        try:
+            if span is not None:
+                if exc is not None and span.is_recording():
+                    from opentelemetry.trace import Status, StatusCode
+
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, f"{exc_type.__name__}: {exc}"))  # type: ignore[union-attr]
+                span.end()
+        finally:
+            # Set back rather than ``detach(token)``: on a loop that drops ``context=`` the block
+            # may resume in another ``contextvars.Context``, where resetting the token fails
+            # (OpenTelemetry logs "Failed to detach context"). On other loops both are the same.
+            restore(self._previous)  # type: ignore[arg-type]
+            self._previous = None

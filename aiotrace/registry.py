@@ -24,6 +24,7 @@ __all__ = [
     "UnknownPatchError",
     "install",
     "installed",
+    "rebind",
     "uninstall",
 ]
 
@@ -39,6 +40,9 @@ class Patch:
     owner: str
     attribute: str
     make: Callable[[Any], Any]
+    # Only patched once its module is imported by someone else (uvloop): install() never
+    # imports it, and a later install() call picks it up.
+    if_imported: bool = False
 
 
 def _alias(name: str) -> Callable[[Any], Any]:
@@ -59,10 +63,119 @@ def _create_task(original: Any) -> Any:
     return patched_create_task(original)
 
 
-def _submit(original: Any) -> Any:
-    from .executors import patched_submit
+def _leaving_otel_threading(module: str, name: str, watched: Any = None) -> Callable[[Any], Any]:
+    """make() for a thread or thread-pool patch, unless opentelemetry-instrumentation-threading
+    already wraps the attribute (or ``watched()``): it then carries the context and aiotrace
+    stays out."""
 
-    return patched_submit(original)
+    def make(original: Any) -> Any:
+        threads = importlib.import_module(".threads", __package__)
+        theirs = threads.otel_threading_wrapper(watched() if watched else original)
+        if theirs is not None:
+            logger.debug(
+                "aiotrace: %s already carries the context across %s; aiotrace stays out",
+                threads.OTEL_THREADING,
+                getattr(original, "__qualname__", original),
+            )
+            raise _Foreign(theirs)
+        return getattr(importlib.import_module(module, __package__), name)(original)
+
+    return make
+
+
+_submit = _leaving_otel_threading(".executors", "patched_submit")
+_thread_start = _leaving_otel_threading(".threads", "patched_start")
+_thread_bootstrap = _leaving_otel_threading(
+    ".threads", "patched_bootstrap_inner", lambda: threading.Thread.start
+)
+
+
+def _process_submit(original: Any) -> Any:
+    from .executors import patched_process_submit
+
+    return patched_process_submit(original)
+
+
+def _thread_patches() -> List[Patch]:
+    # Timer first: it inherits Thread.start and so shares its replacement, unless an earlier
+    # opentelemetry-instrumentation-threading uninstrument() left a copy in Timer's own dict.
+    patches = [
+        Patch("thread", owner, "start", _thread_start)
+        for owner in ("threading:Timer", "threading:Thread")
+    ]
+    if sys.version_info < (3, 14):
+        patches.append(Patch("thread", "threading:Thread", "_bootstrap_inner", _thread_bootstrap))
+    return patches
+
+
+def _asyncgen(name: str) -> Callable[[Any], Any]:
+    def make(original: Any) -> Any:
+        from . import asyncgens
+
+        return getattr(asyncgens, name)(original)
+
+    return make
+
+
+def _asyncgen_patches(owner: str, if_imported: bool = False) -> List[Patch]:
+    return [
+        Patch("asyncgen", owner, "_asyncgen_firstiter_hook", _asyncgen("patched_firstiter"),
+              if_imported),
+        Patch("asyncgen", owner, "_asyncgen_finalizer_hook", _asyncgen("patched_finalizer"),
+              if_imported),
+        Patch("asyncgen", owner, "shutdown_asyncgens", _asyncgen("patched_shutdown"), if_imported),
+    ]
+
+
+def _transport(name: str) -> Callable[[Any], Any]:
+    def make(original: Any) -> Any:
+        from . import transports
+
+        return getattr(transports, name)(original)
+
+    return make
+
+
+def _transport_patches() -> List[Patch]:
+    owner = "asyncio.selector_events:_SelectorSocketTransport"
+    patches = [
+        Patch("transport", owner, "pause_reading", _transport("patched_pause_reading")),
+        Patch("transport", owner, "resume_reading", _transport("patched_resume_reading")),
+    ]
+    if sys.version_info >= (3, 11):
+        patches.append(
+            Patch("transport", "asyncio.sslproto:SSLProtocol", "_resume_reading",
+                  _transport("patched_ssl_resume_reading"))
+        )
+    return patches
+
+
+def _create_server(original: Any) -> Any:
+    from .servers import patched_create_server
+
+    return patched_create_server(original)
+
+
+def _server_patches() -> List[Patch]:
+    # The loops' methods cover asyncio.start_server/start_unix_server and every framework that
+    # calls them; uvloop's are set on its Python ``Loop`` class (see aiotrace/servers.py).
+    patches = [
+        Patch("server", "asyncio.base_events:BaseEventLoop", "create_server", _create_server)
+    ]
+    if sys.platform != "win32":
+        patches.append(
+            Patch(
+                "server",
+                "asyncio.unix_events:_UnixSelectorEventLoop",
+                "create_unix_server",
+                _create_server,
+            )
+        )
+    patches += [
+        Patch("server", "uvloop:Loop", name, _create_server, if_imported=True)
+        for name in ("create_server", "create_unix_server")
+    ]
+    return patches
 
 
 def _class_patches(group: str, module: str, names: Iterable[str]) -> List[Patch]:
@@ -82,6 +195,20 @@ def _all_patches() -> List[Patch]:
         *_class_patches("semaphore", "asyncio.locks", ("Semaphore", "BoundedSemaphore")),
         *_class_patches("condition", "asyncio.locks", ("Condition",)),
         Patch("executor", "concurrent.futures.thread:ThreadPoolExecutor", "submit", _submit),
+        # if_imported: importing it means importing multiprocessing (10-20 ms measured here),
+        # a cost every asyncio application would pay at install() for a pool it may not use.
+        Patch(
+            "process_pool",
+            "concurrent.futures.process:ProcessPoolExecutor",
+            "submit",
+            _process_submit,
+            if_imported=True,
+        ),
+        *_thread_patches(),
+        *_asyncgen_patches("asyncio.base_events:BaseEventLoop"),
+        *_asyncgen_patches("uvloop:Loop", if_imported=True),
+        *_server_patches(),
+        *_transport_patches(),
     ]
     if sys.version_info >= (3, 11):
         patches += _class_patches("task_group", "asyncio.taskgroups", ("TaskGroup",))
@@ -199,8 +326,23 @@ def install(
             key = (patch.owner, patch.attribute)
             if patch.group not in groups or key in _applied:
                 continue
-            owner = _resolve(patch.owner)
-            original = getattr(owner, patch.attribute)
+            if patch.if_imported and patch.owner.partition(":")[0] not in sys.modules:
+                continue
+            try:
+                owner = _resolve(patch.owner)
+            except AttributeError:
+                if patch.if_imported:
+                    # Still being imported (install() runs while uvloop, which imports asyncio
+                    # first, is half done): its classes do not exist yet.
+                    continue
+                raise
+            # The object the owner itself holds, so that uninstall() puts back that very
+            # object (getattr would return a bound or derived object for some descriptors).
+            original = (
+                vars(owner)[patch.attribute]
+                if isinstance(owner, type) and patch.attribute in vars(owner)
+                else getattr(owner, patch.attribute)
+            )
             try:
                 replacement = _replacement(patch, original)
             except _Foreign as foreign:
@@ -218,6 +360,7 @@ def install(
             setattr(owner, patch.attribute, replacement)
             _applied[key] = _Applied(patch, owner, original, replacement, owned)
             logger.debug("aiotrace: patched %s.%s", patch.owner.replace(":", "."), patch.attribute)
+        _sync_asyncgen_hooks()
         return _active()
 
 
@@ -233,6 +376,7 @@ def _replacement(patch: Patch, original: Any) -> Any:
 def uninstall() -> None:
     """Put back every object :func:`install` replaced. Safe to call at any time, repeatedly."""
     with _lock:
+        _unbind()
         for key in reversed(list(_applied)):
             applied = _applied.pop(key)
             name = f"{applied.patch.owner.replace(':', '.')}.{applied.patch.attribute}"
@@ -246,6 +390,15 @@ def uninstall() -> None:
                 setattr(applied.owner, applied.patch.attribute, applied.original)
             else:
                 delattr(applied.owner, applied.patch.attribute)
+        _sync_asyncgen_hooks()
+
+
+def _sync_asyncgen_hooks() -> None:
+    # A loop running now installed its async generator hooks when it started.
+    if "asyncio.base_events" in sys.modules:
+        from .asyncgens import sync_running_loop_hooks
+
+        sync_running_loop_hooks()
 
 
 def _active() -> FrozenSet[str]:
@@ -263,3 +416,33 @@ def original(owner: str, attribute: str) -> Optional[Any]:
     with _lock:
         applied = _applied.get((owner, attribute))
         return applied.original if applied else None
+
+
+# Names that :func:`rebind` pointed at a replacement: (module, name) -> (original, replacement).
+_rebound: Dict[Tuple[Any, str], Tuple[Any, Any]] = {}
+
+
+def rebind(module: Any) -> List[str]:
+    """Point every name in ``module`` that still holds an object :func:`install` replaced in a
+    module (``from asyncio import Queue`` run before ``install()``) at its replacement; return
+    the names rebound. :func:`uninstall` puts the originals back."""
+    with _lock:
+        replacements = {
+            id(a.original): a for a in _applied.values() if not isinstance(a.owner, type)
+        }
+        names = []
+        for name, value in list(vars(module).items()):
+            applied = replacements.get(id(value))
+            if applied is None or applied.original is not value:
+                continue
+            setattr(module, name, applied.replacement)
+            _rebound[(module, name)] = (value, applied.replacement)
+            names.append(name)
+        return names
+
+
+def _unbind() -> None:
+    for (module, name), (before, after) in _rebound.items():
+        if getattr(module, name, None) is after:
+            setattr(module, name, before)
+    _rebound.clear()

@@ -1,0 +1,286 @@
+"""Async generators left early are closed where they were left.
+
+A generator that opens a span around its ``yield`` attaches that span in the *consumer's*
+context (an async generator has no context of its own). When the consumer leaves its ``async
+for`` with ``break``, CPython calls the running loop's finalizer hook right there, through
+reference counting, in the consumer's task. asyncio's hook (``BaseEventLoop`` and uvloop's
+``Loop`` alike) only schedules ``aclose()`` as a new task, so:
+
+- until that task runs, the generator's span stays current in the consumer, and every span the
+  consumer opens after the loop becomes its child;
+- the task runs in a *copy* of the consumer's context, where the generator's ``detach`` cannot
+  reset a token made in the original, and OpenTelemetry logs ``Failed to detach context``
+  (opentelemetry-python #2606); ``shutdown_asyncgens`` closes leftovers the same way.
+
+:func:`aiotrace.install` replaces the loops' hooks with the ones here. The finalizer closes the
+generator in place, as CPython closes a plain generator: its cleanup runs at the ``break`` in the
+consumer's context, so its span is detached before the consumer's next line. If the cleanup
+awaits, the rest continues as a task (token mismatches there are released quietly, and the
+consumer gets back the OpenTelemetry context it had when the generator started); an error in
+the cleanup reaches the loop's exception handler from a failed task, as asyncio reports it.
+On another thread, once ``shutdown_asyncgens`` started, or in a task other than the one that
+started iterating the generator, asyncio's own hook runs. To know that task (and the context to
+give back), the firstiter hook keeps a small record per generator.
+
+``shutdown_asyncgens`` closes each generator in the context of the task that ran it where that
+task is done and Python can name its context (3.12+, ``Task.get_context()``); elsewhere a token
+from another context is released without the error log and counted
+(:func:`released_foreign_tokens`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import threading
+import weakref
+from typing import Any, Callable, Dict, Generator, List, NamedTuple, Optional
+
+from ._otel import Context, attach, get_current
+
+__all__ = ["released_foreign_tokens", "sync_running_loop_hooks"]
+
+_current_task = asyncio.current_task
+
+Hook = Callable[[Any, Any], None]
+
+_DETACH_FAILURE = "Failed to detach context"
+# CPython's ``ContextVar.reset`` message for a token from another context (3.8-3.13, run here).
+_FOREIGN_TOKEN = "was created in a different Context"
+
+
+class _Started(NamedTuple):
+    """What the firstiter hook learnt about a generator."""
+
+    agen: weakref.ref[Any]
+    loop: Any
+    task: Optional[weakref.ref[asyncio.Task[Any]]]
+    context: Any  # the task's contextvars.Context where Python exposes it (3.12+), else None
+    before: Context  # the OpenTelemetry context when the generator started
+
+
+# Keyed by ``id(agen)``. A weak-keyed dict would not do: CPython clears a generator's weak
+# references *before* it calls the finalizer hook (checked on 3.8, 3.11 and 3.13). Entries of
+# generators that ran to the end (no finalizer call) are swept when the dict has doubled; a
+# stale entry is harmless, since a new generator with the same id replaces it at firstiter.
+_started: Dict[int, _Started] = {}
+_TASK_GET_CONTEXT = sys.version_info >= (3, 12)
+_sweep_at = [1024]  # the size of _started that triggers the next sweep
+_closing: weakref.WeakSet[Any] = weakref.WeakSet()
+_quiet = threading.local()
+
+
+def released_foreign_tokens() -> int:
+    """How many OpenTelemetry tokens from another context aiotrace released without the
+    ``Failed to detach context`` error, while finishing a generator's cleanup away from the
+    context that attached them (for ``aiotrace doctor``)."""
+    return _filter.released
+
+
+def sync_running_loop_hooks() -> None:
+    """Point the interpreter's async generator hooks at the running loop's current methods.
+
+    A loop reads its hooks once, when it starts running (``BaseEventLoop.run_forever`` and
+    uvloop's ``Loop.run_forever`` call ``sys.set_asyncgen_hooks``); called by ``install()`` and
+    ``uninstall()`` so that switching inside ``asyncio.run()`` takes effect for generators
+    started afterwards. Hooks that are not the running loop's own are left alone.
+    """
+    loop = asyncio.events._get_running_loop()
+    if loop is None:
+        return
+    hooks = sys.get_asyncgen_hooks()
+    if all(getattr(hook, "__self__", None) is loop for hook in hooks):
+        sys.set_asyncgen_hooks(
+            firstiter=loop._asyncgen_firstiter_hook, finalizer=loop._asyncgen_finalizer_hook
+        )
+
+
+class _ForeignDetachFilter(logging.Filter):
+    """Drops (and counts) OpenTelemetry's detach error for a token from another context,
+    raised on this thread while a generator's cleanup step runs under :func:`_step`."""
+
+    released = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(_quiet, "depth", 0) and record.msg == _DETACH_FAILURE and record.exc_info:
+            exc = record.exc_info[1]
+            if isinstance(exc, ValueError) and _FOREIGN_TOKEN in str(exc):
+                self.released += 1
+                return False
+        return True
+
+
+_filter = _ForeignDetachFilter()
+_otel_logger = logging.getLogger("opentelemetry.context")
+
+
+def _step(ctx: Any, method: Callable[[Any], Any], arg: Any) -> Any:
+    """``method(arg)`` in ``ctx`` (a ``contextvars.Context``, or None for the current one),
+    with foreign-token detach errors released quietly."""
+    depth = getattr(_quiet, "depth", 0)
+    _quiet.depth = depth + 1
+    if not depth:
+        _otel_logger.addFilter(_filter)
+    try:
+        return method(arg) if ctx is None else ctx.run(method, arg)
+    finally:
+        _quiet.depth = depth
+        if not depth:
+            _otel_logger.removeFilter(_filter)
+
+
+class _Rest:
+    """Awaitable that finishes an ``aclose()`` whose first step has already run."""
+
+    __slots__ = ("_athrow", "_ctx", "_yielded")
+
+    def __init__(self, athrow: Any, yielded: Any, ctx: Any) -> None:
+        self._athrow, self._yielded, self._ctx = athrow, yielded, ctx
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        athrow, yielded = self._athrow, self._yielded
+        while True:
+            try:
+                sent = yield yielded
+            except GeneratorExit:
+                athrow.close()
+                raise
+            except BaseException as exc:  # cancellation included: the generator sees it
+                method, arg = athrow.throw, exc
+            else:
+                method, arg = athrow.send, sent
+            try:
+                yielded = _step(self._ctx, method, arg)
+            except StopIteration as stop:
+                return stop.value
+
+
+async def _finish_aclose(athrow: Any, yielded: Any) -> None:
+    await _Rest(athrow, yielded, None)
+
+
+async def _raise(exc: BaseException) -> None:
+    raise exc
+
+
+async def _aclose(agen: Any, ctx: Any) -> None:
+    athrow = agen.aclose()
+    try:
+        yielded = _step(ctx, athrow.send, None)
+    except StopIteration:
+        return
+    await _Rest(athrow, yielded, ctx)
+
+
+def _sweep() -> None:
+    for key, record in list(_started.items()):
+        if record.agen() is None:
+            _started.pop(key, None)
+    _sweep_at[0] = max(1024, 2 * len(_started))
+
+
+def patched_firstiter(original: Hook) -> Hook:
+    """The loop's firstiter hook, also noting which task started the generator and the
+    OpenTelemetry context it had then. Runs once per generator: kept to a few C calls."""
+    new_record = tuple.__new__  # a NamedTuple's own __new__ is a Python function
+
+    def _asyncgen_firstiter_hook(self: Any, agen: Any) -> None:
+        original(self, agen)
+        if len(_started) >= _sweep_at[0]:
+            _sweep()
+        task = _current_task(self)
+        if task is None:
+            record = (weakref.ref(agen), self, None, None, get_current())
+        else:
+            context = None
+            if _TASK_GET_CONTEXT:  # a task factory's own future type may lack it
+                get_context = getattr(task, "get_context", None)
+                context = None if get_context is None else get_context()
+            record = (weakref.ref(agen), self, weakref.ref(task), context, get_current())
+        _started[id(agen)] = new_record(_Started, record)
+
+    _asyncgen_firstiter_hook.__wrapped__ = original  # type: ignore[attr-defined]
+    return _asyncgen_firstiter_hook
+
+
+def patched_finalizer(original: Hook) -> Hook:
+    """The loop's finalizer hook, closing the generator in place when it is safe to."""
+
+    def _asyncgen_finalizer_hook(self: Any, agen: Any) -> None:
+        record = _started.pop(id(agen), None)
+        if (
+            record is None
+            or record.loop is not self
+            or record.task is None
+            or asyncio.events._get_running_loop() is not self
+            or self in _closing
+            or getattr(self, "_asyncgens_shutdown_called", False)
+            or (task := _current_task(self)) is None
+            or task is not record.task()
+        ):
+            original(self, agen)
+            return
+        # Nothing to remove from the loop's own WeakSet of generators: CPython has already
+        # cleared the generator's weak references before calling this hook.
+        athrow = agen.aclose()
+        try:
+            yielded = athrow.send(None)
+        except StopIteration:
+            return
+        except BaseException as exc:  # a hook must not raise: CPython would print and drop it
+            self.create_task(_raise(exc))
+            return
+        self.create_task(_finish_aclose(athrow, yielded))
+        # The generator will detach what it attached in a copy of this context, where the
+        # token is foreign; give the consumer now what that detach would have restored.
+        if get_current() is not record.before:
+            attach(record.before)
+
+    _asyncgen_finalizer_hook.__wrapped__ = original  # type: ignore[attr-defined]
+    return _asyncgen_finalizer_hook
+
+
+def _owner_context(record: _Started) -> Any:
+    """The context the generator started in, if its task is over (so nothing else runs in it)."""
+    if record.context is None or record.task is None:
+        return None
+    task = record.task()
+    return record.context if task is None or task.done() else None
+
+
+def patched_shutdown(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``loop.shutdown_asyncgens`` closing each generator it knows without a detach failure,
+    then running the loop's own (which finds them closed, and sets its flags)."""
+
+    async def shutdown_asyncgens(self: Any) -> None:
+        _closing.add(self)
+        agens: List[Any] = []
+        owners: List[Any] = []
+        for key, record in list(_started.items()):
+            if record.loop is not self:
+                continue
+            del _started[key]
+            agen = record.agen()
+            if agen is not None:
+                agens.append(agen)
+                owners.append(_owner_context(record))
+        if agens:
+            results = await asyncio.gather(
+                *[_aclose(agen, ctx) for agen, ctx in zip(agens, owners)], return_exceptions=True
+            )
+            for result, agen in zip(results, agens):
+                if isinstance(result, Exception):
+                    self.call_exception_handler(
+                        {
+                            "message": "an error occurred during closing of "
+                            f"asynchronous generator {agen!r}",
+                            "exception": result,
+                            "asyncgen": agen,
+                        }
+                    )
+        await original(self)
+
+    shutdown_asyncgens.__doc__ = getattr(original, "__doc__", None)
+    shutdown_asyncgens.__wrapped__ = original  # type: ignore[attr-defined]
+    return shutdown_asyncgens

@@ -1,0 +1,98 @@
+"""aiotrace as an OpenTelemetry instrumentor, for ``opentelemetry-instrument python app.py``.
+
+Services that are already started by ``opentelemetry-instrument`` get their instrumentations
+from the ``opentelemetry_instrumentor`` entry point group; this module puts aiotrace in that
+group under the name ``aiotrace``, so the same command switches it on and
+``OTEL_PYTHON_DISABLED_INSTRUMENTATIONS=aiotrace`` leaves it off. It needs the optional extra
+``aiotrace[instrumentation]`` (``opentelemetry-instrumentation``); ``import aiotrace`` never
+imports this module.
+
+The patches applied are the ones the ``AIOTRACE_*`` variables select (the same parser as the
+start-up hook), so both routes configure aiotrace identically. With ``AIOTRACE_ENABLE=1`` as
+well, the start-up hook installs first and this instrumentor finds everything in place:
+:func:`aiotrace.install` only applies what is missing, so nothing is wrapped twice. An explicit
+``AIOTRACE_ENABLE=0`` keeps aiotrace off here too.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Collection, Dict, FrozenSet, Mapping, Optional
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
+
+from . import registry
+
+__all__ = ["AiotraceInstrumentor"]
+
+logger = logging.getLogger("aiotrace")
+
+
+def _install_arguments(environ: Mapping[str, str]) -> Optional[Dict[str, Any]]:
+    """``install()`` keyword arguments from the ``AIOTRACE_*`` variables, or None when
+    ``AIOTRACE_ENABLE`` says off. Bad values give one line on stderr, as at start-up."""
+    import aiotrace_boot
+    from aiotrace_boot import _config
+
+    if environ.get("AIOTRACE_ENABLE", "").strip().lower() in _config._FALSE:
+        return None
+    # The start-up hook already read these variables and reported their bad values.
+    warn = (lambda message: None) if aiotrace_boot._booted else aiotrace_boot.warn
+    # Parsed as if enabled, so that the other variables are read (and checked) the same way.
+    config = _config.from_environ({**environ, "AIOTRACE_ENABLE": "1"}, warn)
+    unknown = [name for name in config.disabled_patches if name not in registry.PATCH_NAMES]
+    if unknown:
+        warn(
+            f"AIOTRACE_DISABLED_PATCHES={environ['AIOTRACE_DISABLED_PATCHES']!r} has unknown "
+            f"patch name(s) {', '.join(map(repr, unknown))}; accepted: "
+            f"{', '.join(registry.PATCH_NAMES)}; ignoring those"
+        )
+    return {
+        "patch_queue": config.patch_queue,
+        "patch_locks": config.patch_locks,
+        "patch_threads": config.patch_threads,
+        "server_context": config.server_context,
+        "close_asyncgens": config.close_asyncgens,
+        "exclude": [name for name in config.disabled_patches if name not in unknown],
+    }
+
+
+class AiotraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
+    """Installs aiotrace's patches on ``instrument()`` and removes them on ``uninstrument()``.
+
+    ``instrument(**install_kwargs)`` passes keyword arguments of :func:`aiotrace.install`
+    through (``patch_queue``, ``exclude``, …); without any, the ``AIOTRACE_*`` variables decide.
+    ``uninstrument()`` removes only what this instrumentor installed: patches the start-up hook
+    had applied before stay.
+    """
+
+    _installed_here: FrozenSet[str] = frozenset()
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return ()
+
+    def _instrument(self, **kwargs: Any) -> None:
+        options = {k: v for k, v in kwargs.items() if k in _INSTALL_OPTIONS}
+        if not options:
+            parsed = _install_arguments(os.environ)
+            if parsed is None:
+                logger.debug("aiotrace: AIOTRACE_ENABLE is off; the instrumentor does nothing")
+                return
+            options = parsed
+        before = registry.installed()
+        self._installed_here = registry.install(**options) - before
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        if self._installed_here:
+            if registry.installed() == self._installed_here:
+                registry.uninstall()
+            else:
+                # uninstall() is all or nothing; patches someone else applied stay, so ours do.
+                logger.debug("aiotrace: patches applied elsewhere too; left installed")
+            self._installed_here = frozenset()
+
+
+_INSTALL_OPTIONS = frozenset(
+    {"patch_queue", "patch_locks", "patch_threads", "server_context", "close_asyncgens", "exclude"}
+)

@@ -1,0 +1,262 @@
+"""``aiotrace doctor`` (aiotrace/doctor.py): a healthy and a broken setup, in this process and
+as users run it (``python -m aiotrace doctor`` in fresh environments built from the wheel)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from bootenv import Environments, cleanup, environments
+
+import aiotrace
+from aiotrace import doctor
+
+PTH = 'import os; os.environ.get("AIOTRACE_ENABLE") and __import__("aiotrace_boot").start()\n'
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Path:
+    """A site-packages directory with both doors of the start-up hook."""
+    (tmp_path / "aiotrace.pth").write_text(PTH)
+    (tmp_path / "aiotrace.start").write_text("aiotrace_boot:start\n")
+    return tmp_path
+
+
+def errors(data) -> list:
+    return [p["message"] for p in data["problems"] if p["level"] == "error"]
+
+
+def test_healthy_setup(site: Path) -> None:
+    data = doctor.collect({"AIOTRACE_ENABLE": "1"}, [str(site)])
+    assert data["ok"], data["problems"]
+    assert errors(data) == []
+    assert data["startup_hook"]["would_fire"] is True
+    assert data["startup_hook"]["files"]["aiotrace.pth"] == [str(site / "aiotrace.pth")]
+    assert data["configuration"]["effective"]["enabled"] is True
+    assert "queue" in data["configuration"]["patches_selected"]
+    assert "thread" not in data["configuration"]["patches_selected"]
+    assert data["opentelemetry"]["opentelemetry-api"]
+    text = doctor.render(data)
+    assert "would fire      yes" in text
+    assert text.endswith("result: OK")
+
+
+def test_bad_values_are_named_and_fail(site: Path) -> None:
+    environ = {
+        "AIOTRACE_ENABLE": "ture",
+        "AIOTRACE_SERVER_CONTEXT": "dirty",
+        "AIOTRACE_DISABLED_PATCHES": "queue,qeueu",
+    }
+    data = doctor.collect(environ, [str(site)])
+    assert not data["ok"]
+    found = errors(data)
+    assert any(m.startswith("AIOTRACE_ENABLE='ture' is not a boolean; accepted: 1,") for m in found)
+    assert any(m.startswith("AIOTRACE_SERVER_CONTEXT='dirty'") for m in found)
+    assert any("unknown patch name(s) 'qeueu'; accepted: create_task," in m for m in found)
+    # The values it could read still count: queue is left out, and "server" kept (clean).
+    assert "queue" not in data["configuration"]["patches_selected"]
+    assert data["configuration"]["environment"] == environ
+    assert doctor.render(data).endswith("result: the setup cannot work as configured")
+
+
+def test_enabled_without_the_hook_in_site_packages_fails(tmp_path: Path) -> None:
+    data = doctor.collect({"AIOTRACE_ENABLE": "yes"}, [str(tmp_path)])
+    assert not data["ok"]
+    (message,) = errors(data)
+    assert message.startswith(
+        "AIOTRACE_ENABLE is on but the start-up hook cannot run: aiotrace.pth is not in any "
+        "site-packages directory"
+    )
+
+
+def test_hook_missing_but_not_enabled_is_a_warning(tmp_path: Path) -> None:
+    data = doctor.collect({}, [str(tmp_path)])
+    assert data["ok"]
+    assert data["startup_hook"]["would_fire"] is False
+    warnings = [p["message"] for p in data["problems"] if p["level"] == "warning"]
+    assert any("AIOTRACE_ENABLE=1 would do nothing" in m for m in warnings)
+
+
+def test_a_pth_that_does_not_start_aiotrace_is_reported(site: Path) -> None:
+    (site / "aiotrace.pth").write_text("import os\n")
+    data = doctor.collect({"AIOTRACE_ENABLE": "1"}, [str(site)])
+    assert not data["ok"]
+    assert "does not start aiotrace_boot" in errors(data)[0]
+
+
+def test_active_patches_and_thread_propagation_of_this_process(site: Path) -> None:
+    groups = aiotrace.install()
+    data = doctor.collect({}, [str(site)])
+    assert data["this_process"]["active_patches"] == sorted(groups)
+    assert data["this_process"]["thread_propagation"]["ThreadPoolExecutor.submit"] == "aiotrace"
+    assert "active patches" in doctor.render(data)
+
+
+def test_a_queue_replaced_by_another_library_is_a_conflict(monkeypatch, site: Path) -> None:
+    class OtherQueue(asyncio.Queue):
+        pass
+
+    monkeypatch.setattr(asyncio, "Queue", OtherQueue)
+    data = doctor.collect({}, [str(site)])
+    assert data["ok"]
+    (conflict,) = data["conflicts"]
+    assert conflict.startswith("asyncio.Queue is test_doctor.")
+    assert "OtherQueue (replaced by another library)" in conflict
+
+
+def test_main_text_json_and_exit_codes(monkeypatch, capsys, site: Path) -> None:
+    monkeypatch.setattr(doctor, "_site_dirs", lambda: [str(site)])
+    for name in list(__import__("os").environ):
+        if name.startswith("AIOTRACE_"):
+            monkeypatch.delenv(name)
+    assert doctor.main([]) == 0
+    assert capsys.readouterr().out.startswith("aiotrace doctor\n")
+    assert doctor.main(["--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["ok"] is True
+    assert {"python", "event_loop", "opentelemetry", "startup_hook", "configuration"} <= set(data)
+    monkeypatch.setenv("AIOTRACE_PATCH_QUEUE", "maybe")
+    assert doctor.main([]) == 1
+    assert "error: AIOTRACE_PATCH_QUEUE='maybe' is not a boolean" in capsys.readouterr().out
+
+
+# -- as users run it ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def envs() -> Environments:
+    yield environments()
+    cleanup()
+
+
+@pytest.mark.venv
+def test_installed_wheel_healthy_and_enabled(envs: Environments) -> None:
+    venv = envs.full
+    done = venv.run("-m", "aiotrace", "doctor")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "would fire      no: AIOTRACE_ENABLE is not set to a true value" in done.stdout
+
+    done = venv.run("-m", "aiotrace", "doctor", "--json", env={"AIOTRACE_ENABLE": "1"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    data = json.loads(done.stdout)
+    assert data["startup_hook"]["would_fire"] is True
+    assert data["startup_hook"]["fired_in_this_process"] is True
+    assert "queue" in data["this_process"]["active_patches"]
+    assert data["this_process"]["thread_propagation"]["ThreadPoolExecutor.submit"] == "aiotrace"
+
+
+@pytest.mark.venv
+def test_installed_with_target_and_enabled_fails(envs: Environments) -> None:
+    done = envs.bare.run(
+        "-m",
+        "aiotrace",
+        "doctor",
+        env={"PYTHONPATH": str(envs.target), "AIOTRACE_ENABLE": "1"},
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "error: AIOTRACE_ENABLE is on but the start-up hook cannot run" in done.stdout
+
+
+class _EntryPoint:
+    name = "aiotrace"
+
+
+@pytest.mark.parametrize(
+    ("versions", "state"),
+    [
+        ({"opentelemetry-instrumentation": None}, "not available: pip install"),
+        ({}, "disabled by OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"),
+    ],
+)
+def test_instrumentor_states(monkeypatch, site: Path, versions, state) -> None:
+    real = doctor._version
+    monkeypatch.setattr(doctor, "_version", lambda name: versions.get(name, real(name) or "9"))
+    monkeypatch.setattr(doctor, "_entry_points", lambda group: [_EntryPoint()])
+    monkeypatch.setattr(doctor, "_importable", lambda module, report: True)
+    environ = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "flask, aiotrace"}
+    assert doctor.collect(environ, [str(site)])["instrumentor"].startswith(state)
+
+
+def test_an_instrumentation_that_cannot_be_imported_is_a_warning(monkeypatch, site: Path) -> None:
+    monkeypatch.setattr(doctor, "_version", lambda name: "0.48b0")
+    monkeypatch.setattr(doctor, "_entry_points", lambda group: [_EntryPoint()])
+    monkeypatch.setitem(
+        __import__("sys").modules, "opentelemetry.instrumentation.instrumentor", None
+    )
+    data = doctor.collect({}, [str(site)])
+    assert data["instrumentor"].startswith("broken")
+    assert any(
+        "pip install -U opentelemetry-instrumentation" in p["message"]
+        for p in data["problems"]
+        if p["level"] == "warning"
+    )
+
+
+@pytest.mark.parametrize(
+    ("api", "message"),
+    [
+        (None, "opentelemetry-api is not installed"),
+        ("1.19.0", "opentelemetry-api 1.19.0 is too old"),
+    ],
+)
+def test_missing_or_old_opentelemetry_api_fails(monkeypatch, site: Path, api, message) -> None:
+    real = doctor._version
+    monkeypatch.setattr(
+        doctor, "_version", lambda name: api if name == "opentelemetry-api" else real(name)
+    )
+    data = doctor.collect({}, [str(site)])
+    assert not data["ok"]
+    assert any(m.startswith(message) for m in errors(data))
+
+
+def test_release_numbers() -> None:
+    assert doctor._release("1.20.0rc1") == (1, 20, 0)
+    assert doctor._release("0.41b0") == (0, 41)
+
+
+def test_hook_that_ran_without_installing_fails(monkeypatch, site: Path) -> None:
+    import aiotrace_boot
+
+    monkeypatch.setattr(aiotrace_boot, "_seen", {"1"})
+    data = doctor.collect({"AIOTRACE_ENABLE": "1"}, [str(site)])
+    assert not data["ok"]
+    assert errors(data) == [
+        "the start-up hook ran in this process but aiotrace did not install "
+        "(its reason is the 'aiotrace:' line on stderr)"
+    ]
+
+
+def test_conflicts_found_by_install_and_released_tokens_are_shown(monkeypatch, site: Path) -> None:
+    from aiotrace import asyncgens, registry
+
+    monkeypatch.setitem(registry.conflicts, "asyncio.locks.Lock", "other.Lock")
+    monkeypatch.setattr(asyncgens, "released_foreign_tokens", lambda: 2)
+    data = doctor.collect({}, [str(site)])
+    assert data["conflicts"] == [
+        "asyncio.locks.Lock is other.Lock, not asyncio's: aiotrace left it alone"
+    ]
+    assert data["this_process"]["foreign_tokens_released"] == 2
+    (line,) = [x for x in doctor.render(data).splitlines() if "foreign tokens" in x]
+    assert line.split() == ["foreign", "tokens", "released", "2"]
+
+
+def test_uvloop_left_unpatched_is_reported(monkeypatch, site: Path) -> None:
+    pytest.importorskip("uvloop")  # imported by conftest, before any install()
+    from aiotrace import registry
+
+    aiotrace.install()
+    data = doctor.collect({}, [str(site)])
+    assert not any("uvloop was imported after" in p["message"] for p in data["problems"])
+
+    real = registry.original
+    monkeypatch.setattr(
+        registry,
+        "original",
+        lambda owner, attr: None if owner == "uvloop:Loop" else real(owner, attr),
+    )
+    data = doctor.collect({}, [str(site)])
+    (warning,) = [p for p in data["problems"] if "uvloop was imported after" in p["message"]]
+    assert warning["level"] == "warning"
+    assert "uvloop.Loop is without the server and asyncgen patches" in warning["message"]
