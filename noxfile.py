@@ -1,7 +1,7 @@
 """The one entry point for the test matrix: ``nox`` runs the suite on every CPython 3.8-3.13
 found on this machine (pyenv's versions included), each on the stock loop, uvloop and the
 context-dropping test loop, once more against the lowest supported OpenTelemetry API, then
-combines coverage. ``nox -s lint`` runs ruff."""
+combines coverage; ``lint`` (ruff) runs first."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ PYTHONS = ["3.8", "3.9", "3.10", "3.11", "3.12", "3.13"]
 LOWEST_OTEL = "1.20.0"
 
 nox.options.default_venv_backend = "uv|virtualenv"
-nox.options.sessions = ["tests", "lowest_otel", "coverage"]
+nox.options.sessions = ["lint", "tests", "lowest_otel", "coverage"]
 nox.options.error_on_missing_interpreters = True
 
 # Interpreters installed by pyenv but not on PATH (only the global one is): put each

@@ -119,10 +119,20 @@ def _asyncgen(name: str) -> Callable[[Any], Any]:
 
 def _asyncgen_patches(owner: str, if_imported: bool = False) -> List[Patch]:
     return [
-        Patch("asyncgen", owner, "_asyncgen_firstiter_hook", _asyncgen("patched_firstiter"),
-              if_imported),
-        Patch("asyncgen", owner, "_asyncgen_finalizer_hook", _asyncgen("patched_finalizer"),
-              if_imported),
+        Patch(
+            "asyncgen",
+            owner,
+            "_asyncgen_firstiter_hook",
+            _asyncgen("patched_firstiter"),
+            if_imported,
+        ),
+        Patch(
+            "asyncgen",
+            owner,
+            "_asyncgen_finalizer_hook",
+            _asyncgen("patched_finalizer"),
+            if_imported,
+        ),
         Patch("asyncgen", owner, "shutdown_asyncgens", _asyncgen("patched_shutdown"), if_imported),
     ]
 
@@ -144,8 +154,12 @@ def _transport_patches() -> List[Patch]:
     ]
     if sys.version_info >= (3, 11):
         patches.append(
-            Patch("transport", "asyncio.sslproto:SSLProtocol", "_resume_reading",
-                  _transport("patched_ssl_resume_reading"))
+            Patch(
+                "transport",
+                "asyncio.sslproto:SSLProtocol",
+                "_resume_reading",
+                _transport("patched_ssl_resume_reading"),
+            )
         )
     return patches
 

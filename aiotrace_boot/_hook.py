@@ -62,9 +62,7 @@ class _Finder:
         self.config = config
         # aiotrace itself imports asyncio: if that is where asyncio is first imported, install
         # waits until the aiotrace package has finished loading.
-        self.watched: Set[str] = {
-            "asyncio", "aiotrace", *LATE_PATCH_MODULES, *config.watch_modules
-        }
+        self.watched: Set[str] = {"asyncio", "aiotrace", *LATE_PATCH_MODULES, *config.watch_modules}
         self.looking: Set[str] = set()  # names being looked up, so that we never find ourselves
         self.executing: Set[str] = set()  # watched modules whose code is running
         self.pending = False  # asyncio loaded while aiotrace was loading

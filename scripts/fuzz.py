@@ -48,8 +48,12 @@ def fuzz(loop_name: str, examples: int, random_seed: int, max_leaves: int) -> in
         aiotrace.install()
         try:
             outcome = run_program(
-                program, LOOPS[loop_name], tracer, _EXPORTER.get_finished_spans,
-                detach=loop_name != "dropping", run_on=run_on,
+                program,
+                LOOPS[loop_name],
+                tracer,
+                _EXPORTER.get_finished_spans,
+                detach=loop_name != "dropping",
+                run_on=run_on,
             )
         finally:
             aiotrace.uninstall()
@@ -58,9 +62,11 @@ def fuzz(loop_name: str, examples: int, random_seed: int, max_leaves: int) -> in
     try:
         prop()
     finally:
-        print(f"{loop_name}: {ran} programs in {time.perf_counter() - start:.1f} s "
-              f"(Python {sys.version.split()[0]}, hand-off {'in' if handoff else 'not in'} model)",
-              flush=True)
+        print(
+            f"{loop_name}: {ran} programs in {time.perf_counter() - start:.1f} s "
+            f"(Python {sys.version.split()[0]}, hand-off {'in' if handoff else 'not in'} model)",
+            flush=True,
+        )
     return ran
 
 
