@@ -338,3 +338,29 @@ def test_uvloop_is_patched_only_once_imported():
     # conftest imported uvloop, so install() patches uvloop's own hooks here.
     aiotrace.install()
     assert registry.original("uvloop:Loop", "_asyncgen_finalizer_hook") is not None
+
+
+def test_records_of_generators_that_ran_to_the_end_are_swept():
+    """Generators that finish normally never reach the finalizer hook; their records are
+    swept once the table has grown past its mark, so it does not grow with the program."""
+    import weakref
+
+    class Gone:
+        pass
+
+    aiotrace.install()
+    dead = {
+        -(i + 1): asyncgens._Started(weakref.ref(Gone()), None, None, None, None)
+        for i in range(asyncgens._sweep_at[0] + 10)
+    }
+    asyncgens._started.update(dead)
+
+    async def one():
+        yield 1
+
+    async def main() -> None:
+        async for _ in one():
+            pass
+
+    run_on(LOOPS["asyncio"], main())
+    assert not set(dead) & set(asyncgens._started)

@@ -586,3 +586,22 @@ def test_get_with_context_is_not_fooled_by_a_subclass_get_that_awaits(honest_run
         assert current_span_name(otel_ctx) == item
 
     honest_run(main())
+
+
+def test_linked_root_span_is_ended_when_the_task_cannot_be_created(honest_run, spans):
+    """A refused ``create_task`` (here: not a coroutine) must not leave the linked root span
+    open: it is ended and the error reaches the caller unchanged."""
+
+    async def main() -> None:
+        with tracer.start_as_current_span("request"), pytest.raises(TypeError):
+            aiotrace.create_task_with_context(
+                object(),  # type: ignore[arg-type]
+                otel_ctx=aiotrace.linked_root("refused"),
+            )
+
+    honest_run(main())
+    refused = spans.named("refused")
+    assert refused.end_time is not None
+    assert [link.context.span_id for link in refused.links] == [
+        spans.named("request").context.span_id
+    ]
