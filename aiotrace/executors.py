@@ -92,6 +92,12 @@ def run_in_executor_with_context(
     return loop.run_in_executor(executor, copy_context().run, func, *args)
 
 
+# ``submit()`` called without a positional callable: Python 3.8 still accepts the deprecated
+# ``submit(fn=...)`` (with a DeprecationWarning), later versions raise TypeError. Either way the
+# stdlib's own submit decides, exactly as without aiotrace (CPython's test_submit_keyword).
+_NO_FN: Any = object()
+
+
 def patched_submit(original: Callable[..., Any]) -> Callable[..., Any]:
     """``ThreadPoolExecutor.submit`` that runs each job in a copy of the submitter's context;
     what :func:`aiotrace.install` puts in place of ``original``. Interpreter pools (3.14) are
@@ -100,8 +106,10 @@ def patched_submit(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def submit(
-        self: concurrent.futures.Executor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+        self: concurrent.futures.Executor, fn: Any = _NO_FN, /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[Any]:
+        if fn is _NO_FN:  # see _NO_FN
+            return original(self, **kwargs)
         # Fast paths first: a plain function has no ``__self__`` to look for, and a plain
         # ThreadPoolExecutor runs its jobs in this interpreter.
         if (
@@ -123,8 +131,10 @@ def patched_process_submit(original: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(original)
     def submit(
-        self: concurrent.futures.Executor, fn: Callable[..., Any], /, *args: Any, **kwargs: Any
+        self: concurrent.futures.Executor, fn: Any = _NO_FN, /, *args: Any, **kwargs: Any
     ) -> concurrent.futures.Future[Any]:
+        if fn is _NO_FN:  # see _NO_FN
+            return original(self, **kwargs)
         if _is_carried(fn):
             return original(self, fn, *args, **kwargs)
         return original(self, _carried(fn), *args, **kwargs)

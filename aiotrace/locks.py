@@ -86,7 +86,12 @@ class PropagatingCondition(asyncio.locks.Condition):
     def __init__(self, lock: Optional[asyncio.Lock] = None, **kwargs: Any) -> None:
         # ``kwargs`` carries the ``loop=`` argument that Python 3.8 and 3.9 still accept.
         if lock is None:
-            lock = PropagatingLock(**kwargs)
+            try:
+                lock = PropagatingLock(**kwargs)
+            except TypeError:
+                # An argument the stdlib refuses (``loop=`` from 3.10 on): let Condition say so
+                # itself, with its own message, as it does without aiotrace.
+                lock = None
         super().__init__(lock, **kwargs)
 
     async def wait(self) -> bool:

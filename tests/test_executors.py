@@ -350,3 +350,21 @@ def test_interpreter_pools_are_left_alone(monkeypatch):
         submit(cls.__new__(cls), work)
     assert received[0] is work
     assert [isinstance(fn.__self__, contextvars.Context) for fn in received[1:]] == [True, True]
+
+
+def test_submit_without_a_positional_callable_behaves_as_the_stdlibs():
+    """``submit()`` with no callable: TypeError; Python 3.8's deprecated ``submit(fn=...)``:
+    a DeprecationWarning and the job runs. The stdlib decides both, as without aiotrace."""
+    import concurrent.futures
+    import sys
+    import warnings
+
+    aiotrace.install()
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        with pytest.raises(TypeError):
+            pool.submit(arg=1)
+        if sys.version_info < (3, 9):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                assert pool.submit(fn=lambda **kw: kw, arg=1).result() == {"arg": 1}
+            assert [w.category for w in caught] == [DeprecationWarning]
