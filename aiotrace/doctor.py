@@ -191,23 +191,14 @@ def _configuration(report: _Report, environ: Mapping[str, str]) -> Config:
 
     from . import registry
 
-    unknown = [name for name in full.disabled_patches if name not in registry.PATCH_NAMES]
+    arguments, unknown = full.install_arguments(registry.PATCH_NAMES)
     if unknown:
         report.problem(
             "error",
             f"AIOTRACE_DISABLED_PATCHES has unknown patch name(s) "
             f"{', '.join(map(repr, unknown))}; accepted: {', '.join(registry.PATCH_NAMES)}",
         )
-    report.data["configuration"]["patches_selected"] = sorted(
-        registry.selected(
-            full.patch_queue,
-            full.patch_locks,
-            patch_threads=full.patch_threads,
-            server_context=full.server_context,
-            close_asyncgens=full.close_asyncgens,
-            exclude=[name for name in full.disabled_patches if name not in unknown],
-        )
-    )
+    report.data["configuration"]["patches_selected"] = sorted(registry.selected(**arguments))
     return full
 
 

@@ -41,21 +41,14 @@ def _install_arguments(environ: Mapping[str, str]) -> Optional[Dict[str, Any]]:
     warn = (lambda message: None) if aiotrace_boot._booted else aiotrace_boot.warn
     # Parsed as if enabled, so that the other variables are read (and checked) the same way.
     config = _config.from_environ({**environ, "AIOTRACE_ENABLE": "1"}, warn)
-    unknown = [name for name in config.disabled_patches if name not in registry.PATCH_NAMES]
+    arguments, unknown = config.install_arguments(registry.PATCH_NAMES)
     if unknown:
         warn(
             f"AIOTRACE_DISABLED_PATCHES={environ['AIOTRACE_DISABLED_PATCHES']!r} has unknown "
             f"patch name(s) {', '.join(map(repr, unknown))}; accepted: "
             f"{', '.join(registry.PATCH_NAMES)}; ignoring those"
         )
-    return {
-        "patch_queue": config.patch_queue,
-        "patch_locks": config.patch_locks,
-        "patch_threads": config.patch_threads,
-        "server_context": config.server_context,
-        "close_asyncgens": config.close_asyncgens,
-        "exclude": [name for name in config.disabled_patches if name not in unknown],
-    }
+    return arguments
 
 
 class AiotraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]

@@ -216,12 +216,7 @@ class PropagatingLifoQueue(PropagatingQueue, asyncio.queues.LifoQueue):  # type:
     def _aiotrace_store() -> Any:
         return []
 
-    def _put(self, item: Any) -> None:
-        queue, producers = self._queue, self._aiotrace_producers  # type: ignore[attr-defined]
-        queue.append(item)
-        if len(producers) >= len(queue):
-            producers.clear()  # a subclass's ``_get`` took items without us: never grow
-        producers.append(get_current())
+    # ``_put`` is PropagatingQueue's: both append to the end of ``_queue``.
 
     def _get(self) -> Any:
         queue, producers = self._queue, self._aiotrace_producers  # type: ignore[attr-defined]

@@ -44,6 +44,11 @@ class Patch:
     # imports it, and a later install() call picks it up.
     if_imported: bool = False
 
+    @property
+    def where(self) -> str:
+        """The patched attribute as a dotted name, for messages: ``asyncio.Queue``."""
+        return f"{self.owner.replace(':', '.')}.{self.attribute}"
+
 
 def _alias(name: str) -> Callable[[Any], Any]:
     def make(original: Any) -> Any:
@@ -350,17 +355,18 @@ def install(
                     # first, is half done): its classes do not exist yet.
                     continue
                 raise
-            # The object the owner itself holds, so that uninstall() puts back that very
+            # For a class, the object it holds itself, so that uninstall() puts back that very
             # object (getattr would return a bound or derived object for some descriptors).
+            owned = not isinstance(owner, type) or patch.attribute in vars(owner)
             original = (
                 vars(owner)[patch.attribute]
-                if isinstance(owner, type) and patch.attribute in vars(owner)
+                if owned and isinstance(owner, type)
                 else getattr(owner, patch.attribute)
             )
             try:
                 replacement = _replacement(patch, original)
             except _Foreign as foreign:
-                where = f"{patch.owner.replace(':', '.')}.{patch.attribute}"
+                where = patch.where
                 found = (
                     getattr(foreign.found, "__module__", "?")
                     + "."
@@ -370,10 +376,9 @@ def install(
                     conflicts[where] = found
                     logger.debug("aiotrace: %s is %s, not asyncio's; left alone", where, found)
                 continue
-            owned = not isinstance(owner, type) or patch.attribute in vars(owner)
             setattr(owner, patch.attribute, replacement)
             _applied[key] = _Applied(patch, owner, original, replacement, owned)
-            logger.debug("aiotrace: patched %s.%s", patch.owner.replace(":", "."), patch.attribute)
+            logger.debug("aiotrace: patched %s", patch.where)
         _sync_asyncgen_hooks()
         return _active()
 
@@ -393,7 +398,7 @@ def uninstall() -> None:
         _unbind()
         for key in reversed(list(_applied)):
             applied = _applied.pop(key)
-            name = f"{applied.patch.owner.replace(':', '.')}.{applied.patch.attribute}"
+            name = applied.patch.where
             current = getattr(applied.owner, applied.patch.attribute, None)
             if current is not applied.replacement:
                 logger.warning(

@@ -11,7 +11,7 @@ asyncio is really imported (see ``_hook``): knowing them here would mean importi
 # here needs them at run time: annotations that name typing's types are strings.
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Callable, Dict, Mapping, Tuple
+    from typing import Any, Callable, Collection, Dict, List, Mapping, Tuple
 
 __all__ = ["DEFAULT_WATCH_MODULES", "VARIABLES", "Config", "from_environ"]
 
@@ -83,6 +83,21 @@ class Config:
 
     def __repr__(self) -> str:
         return f"Config({vars(self)})"
+
+    def install_arguments(self, known: "Collection[str]") -> "Tuple[Dict[str, Any], List[str]]":
+        """The keyword arguments of ``aiotrace.install()`` for this configuration, and the names
+        in ``AIOTRACE_DISABLED_PATCHES`` that are not among ``known`` (left out of ``exclude``;
+        the caller reports them)."""
+        unknown = [name for name in self.disabled_patches if name not in known]
+        arguments = {
+            "patch_queue": self.patch_queue,
+            "patch_locks": self.patch_locks,
+            "patch_threads": self.patch_threads,
+            "server_context": self.server_context,
+            "close_asyncgens": self.close_asyncgens,
+            "exclude": [name for name in self.disabled_patches if name not in unknown],
+        }
+        return arguments, unknown
 
 
 def _is_module_name(name: str) -> bool:

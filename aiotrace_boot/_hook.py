@@ -131,21 +131,14 @@ class _Finder:
         try:
             from aiotrace import registry
 
-            unknown = [n for n in config.disabled_patches if n not in registry.PATCH_NAMES]
+            arguments, unknown = config.install_arguments(registry.PATCH_NAMES)
             if unknown:
                 warn(
                     f"AIOTRACE_DISABLED_PATCHES={os.environ['AIOTRACE_DISABLED_PATCHES']!r} has "
                     f"unknown patch name(s) {', '.join(map(repr, unknown))}; accepted: "
                     f"{', '.join(registry.PATCH_NAMES)}; ignoring those"
                 )
-            registry.install(
-                config.patch_queue,
-                config.patch_locks,
-                patch_threads=config.patch_threads,
-                server_context=config.server_context,
-                close_asyncgens=config.close_asyncgens,
-                exclude=[n for n in config.disabled_patches if n not in unknown],
-            )
+            registry.install(**arguments)
         except Exception as exc:  # e.g. OpenTelemetry missing or broken
             self.enabled = False
             warn(f"not enabled: {type(exc).__name__}: {exc}")
@@ -153,7 +146,7 @@ class _Finder:
         self._applied = self._asyncio_patches(registry)
         if config.debug:
             for patch in registry.PATCHES:
-                where = f"{patch.owner.replace(':', '.')}.{patch.attribute}"
+                where = patch.where
                 if registry.original(patch.owner, patch.attribute) is not None and (
                     where not in self._announced
                 ):
