@@ -35,7 +35,7 @@ import logging
 import sys
 import threading
 import weakref
-from typing import Any, Callable, Dict, Generator, List, NamedTuple, Optional
+from typing import Any, Callable, Dict, Generator, List, Optional, Tuple
 
 from ._otel import Context, attach, get_current
 
@@ -50,14 +50,12 @@ _DETACH_FAILURE = "Failed to detach context"
 _FOREIGN_TOKEN = "was created in a different Context"
 
 
-class _Started(NamedTuple):
-    """What the firstiter hook learnt about a generator."""
-
-    agen: weakref.ref[Any]
-    loop: Any
-    task: Optional[weakref.ref[asyncio.Task[Any]]]
-    context: Any  # the task's contextvars.Context where Python exposes it (3.12+), else None
-    before: Context  # the OpenTelemetry context when the generator started
+# What the firstiter hook learnt about a generator, a plain tuple (the cheapest record to make:
+# a NamedTuple's constructor is a Python function), read by unpacking:
+#   (weakref to the generator, its loop, weakref to the task that started it or None,
+#    that task's contextvars.Context where Python exposes it (3.12+) or None,
+#    the OpenTelemetry context when the generator started)
+_Started = Tuple["weakref.ref[Any]", Any, Optional["weakref.ref[asyncio.Task[Any]]"], Any, Context]
 
 
 # Keyed by ``id(agen)``. A weak-keyed dict would not do: CPython clears a generator's weak
@@ -175,7 +173,7 @@ async def _aclose(agen: Any, ctx: Any) -> None:
 
 def _sweep() -> None:
     for key, record in list(_started.items()):
-        if record.agen() is None:
+        if record[0]() is None:
             _started.pop(key, None)
     _sweep_at[0] = max(1024, 2 * len(_started))
 
@@ -183,7 +181,7 @@ def _sweep() -> None:
 def patched_firstiter(original: Hook) -> Hook:
     """The loop's firstiter hook, also noting which task started the generator and the
     OpenTelemetry context it had then. Runs once per generator: kept to a few C calls."""
-    new_record = tuple.__new__  # a NamedTuple's own __new__ is a Python function
+    ref = weakref.ref
 
     def _asyncgen_firstiter_hook(self: Any, agen: Any) -> None:
         original(self, agen)
@@ -191,14 +189,15 @@ def patched_firstiter(original: Hook) -> Hook:
             _sweep()
         task = _current_task(self)
         if task is None:
-            record = (weakref.ref(agen), self, None, None, get_current())
-        else:
-            context = None
-            if _TASK_GET_CONTEXT:  # a task factory's own future type may lack it
-                get_context = getattr(task, "get_context", None)
-                context = None if get_context is None else get_context()
-            record = (weakref.ref(agen), self, weakref.ref(task), context, get_current())
-        _started[id(agen)] = new_record(_Started, record)
+            _started[id(agen)] = (ref(agen), self, None, None, get_current())
+            return
+        context = None
+        if _TASK_GET_CONTEXT:
+            try:  # noqa: SIM105 - contextlib.suppress costs a context manager per generator
+                context = task.get_context()
+            except AttributeError:  # a task factory's own future type may lack it
+                pass
+        _started[id(agen)] = (ref(agen), self, ref(task), context, get_current())
 
     _asyncgen_firstiter_hook.__wrapped__ = original  # type: ignore[attr-defined]
     return _asyncgen_firstiter_hook
@@ -209,15 +208,18 @@ def patched_finalizer(original: Hook) -> Hook:
 
     def _asyncgen_finalizer_hook(self: Any, agen: Any) -> None:
         record = _started.pop(id(agen), None)
+        if record is None:
+            original(self, agen)
+            return
+        _, loop, started_by, _, before = record
         if (
-            record is None
-            or record.loop is not self
-            or record.task is None
+            loop is not self
+            or started_by is None
             or asyncio.events._get_running_loop() is not self
             or self in _closing
             or getattr(self, "_asyncgens_shutdown_called", False)
             or (task := _current_task(self)) is None
-            or task is not record.task()
+            or task is not started_by()
         ):
             original(self, agen)
             return
@@ -234,8 +236,8 @@ def patched_finalizer(original: Hook) -> Hook:
         self.create_task(_finish_aclose(athrow, yielded))
         # The generator will detach what it attached in a copy of this context, where the
         # token is foreign; give the consumer now what that detach would have restored.
-        if get_current() is not record.before:
-            attach(record.before)
+        if get_current() is not before:
+            attach(before)
 
     _asyncgen_finalizer_hook.__wrapped__ = original  # type: ignore[attr-defined]
     return _asyncgen_finalizer_hook
@@ -243,10 +245,11 @@ def patched_finalizer(original: Hook) -> Hook:
 
 def _owner_context(record: _Started) -> Any:
     """The context the generator started in, if its task is over (so nothing else runs in it)."""
-    if record.context is None or record.task is None:
+    _, _, started_by, context, _ = record
+    if context is None or started_by is None:
         return None
-    task = record.task()
-    return record.context if task is None or task.done() else None
+    task = started_by()
+    return context if task is None or task.done() else None
 
 
 def patched_shutdown(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -258,10 +261,10 @@ def patched_shutdown(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
         agens: List[Any] = []
         owners: List[Any] = []
         for key, record in list(_started.items()):
-            if record.loop is not self:
+            if record[1] is not self:
                 continue
             del _started[key]
-            agen = record.agen()
+            agen = record[0]()
             if agen is not None:
                 agens.append(agen)
                 owners.append(_owner_context(record))

@@ -350,7 +350,7 @@ def test_records_of_generators_that_ran_to_the_end_are_swept():
 
     aiotrace.install()
     dead = {
-        -(i + 1): asyncgens._Started(weakref.ref(Gone()), None, None, None, None)
+        -(i + 1): (weakref.ref(Gone()), None, None, None, None)
         for i in range(asyncgens._sweep_at[0] + 10)
     }
     asyncgens._started.update(dead)
