@@ -5,6 +5,9 @@ repetitions each, medians compared), on a fresh loop each time. Printed per work
 and patched cost per operation, their ratio, and the microseconds aiotrace adds per operation.
 
     python scripts/bench_overhead.py [--loop asyncio|uvloop] [--repeat 15] [--scale 1.0]
+
+The async-generator and paused-echo rows are the workloads of ``bench_hygiene.py`` (which
+also times the ``asyncgen`` and ``transport`` patches alone and their variants).
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ import statistics
 import sys
 import time
 from typing import Any, Awaitable, Callable, Dict, List, Tuple
+
+from bench_hygiene import async_for, paused_echo
 
 import aiotrace
 
@@ -81,6 +86,8 @@ WORKLOADS: Dict[str, Tuple[Workload, int]] = {
     "lock (contended)": (lock_contended, 20_000),
     "event wait/set": (event_wait_set, 10_000),
     "run_in_executor": (run_in_executor, 4_000),
+    "async for, 1 in 4 break": (async_for(4), 20_000),
+    "paused echo round trip": (paused_echo, 3_000),
 }
 
 
@@ -124,14 +131,14 @@ def main(argv: Any = None) -> int:
     args = parser.parse_args(argv)
     print(f"Python {sys.version.split()[0]}, loop {args.loop}, {args.repeat} repetitions, medians")
     print(
-        f"{'workload':<22}{'stock µs/op':>13}{'aiotrace µs/op':>16}{'ratio':>8}{'added µs/op':>13}"
+        f"{'workload':<25}{'stock µs/op':>13}{'aiotrace µs/op':>16}{'ratio':>8}{'added µs/op':>13}"
     )
     for name, (workload, n) in WORKLOADS.items():
         if args.only and args.only not in name:
             continue
         stock, patched = measure(args.loop, workload, int(n * args.scale), args.repeat)
         print(
-            f"{name:<22}{stock * 1e6:>13.3f}{patched * 1e6:>16.3f}"
+            f"{name:<25}{stock * 1e6:>13.3f}{patched * 1e6:>16.3f}"
             f"{patched / stock:>8.3f}{(patched - stock) * 1e6:>+13.3f}"
         )
     return 0
