@@ -20,7 +20,10 @@ consumer gets back the OpenTelemetry context it had when the generator started);
 the cleanup reaches the loop's exception handler from a failed task, as asyncio reports it.
 On another thread, once ``shutdown_asyncgens`` started, or in a task other than the one that
 started iterating the generator, asyncio's own hook runs. To know that task (and the context to
-give back), the firstiter hook keeps a small record per generator.
+give back), the firstiter hook keeps a small record per generator. That record replaces the
+loop's own bookkeeping (a ``WeakSet`` of its generators, whose weak reference with a callback
+costs more than the whole record): the patched ``shutdown_asyncgens`` closes the generators
+recorded here, and ``uninstall()`` hands the live ones back to their loops' sets.
 
 ``shutdown_asyncgens`` closes each generator in the context of the task that ran it where that
 task is done and Python can name its context (3.12+, ``Task.get_context()``); elsewhere a token
@@ -31,6 +34,7 @@ from another context is released without the error log and counted
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sys
 import threading
@@ -65,7 +69,13 @@ _Started = Tuple["weakref.ref[Any]", Any, Optional["weakref.ref[asyncio.Task[Any
 _started: Dict[int, _Started] = {}
 _TASK_GET_CONTEXT = sys.version_info >= (3, 12)
 _sweep_at = [1024]  # the size of _started that triggers the next sweep
-_closing: weakref.WeakSet[Any] = weakref.WeakSet()
+# Loops whose ``shutdown_asyncgens`` has started, by id (a weak reference each, whose callback
+# removes the entry when the loop goes): a dict lookup, where a WeakSet's ``in`` is a Python
+# call and a new weak reference. Read on every generator's first iteration.
+_closing: Dict[int, weakref.ref[Any]] = {}
+# False once ``uninstall()`` removed these hooks: a loop running in another thread keeps the
+# hooks it read when it started, and must then get asyncio's behaviour from them.
+_recording = [True]
 _quiet = threading.local()
 
 
@@ -171,6 +181,33 @@ async def _aclose(agen: Any, ctx: Any) -> None:
     await _Rest(athrow, yielded, ctx)
 
 
+def _mark_closing(loop: Any) -> None:
+    key = id(loop)
+    _closing[key] = weakref.ref(loop, lambda _: _closing.pop(key, None))
+
+
+def set_recording(on: bool) -> None:
+    """Called by ``install()`` (True) and ``uninstall()`` (False). Turning recording off hands
+    every live generator recorded here to its loop's own bookkeeping, so that the loop's
+    ``shutdown_asyncgens`` (asyncio's again) closes it."""
+    _recording[0] = on
+    if on:
+        return
+    for key, record in list(_started.items()):
+        if _started.pop(key, None) is None:
+            continue
+        agen, loop = record[0](), record[1]
+        if agen is None or loop.is_closed() or id(loop) in _closing:
+            continue
+        running = asyncio.events._get_running_loop()
+        if loop.is_running() and running is not loop:
+            # The loop's own thread is the one that reads and changes its set.
+            with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing to hand back to
+                loop.call_soon_threadsafe(loop._asyncgen_firstiter_hook, agen)
+        else:
+            loop._asyncgen_firstiter_hook(agen)
+
+
 def _sweep() -> None:
     for key, record in list(_started.items()):
         if record[0]() is None:
@@ -179,12 +216,16 @@ def _sweep() -> None:
 
 
 def patched_firstiter(original: Hook) -> Hook:
-    """The loop's firstiter hook, also noting which task started the generator and the
-    OpenTelemetry context it had then. Runs once per generator: kept to a few C calls."""
+    """The loop's firstiter hook: notes which task started the generator and the
+    OpenTelemetry context it had then, in place of the loop's own ``WeakSet.add``. Runs once per
+    generator: kept to a few C calls. Once the loop's ``shutdown_asyncgens`` has started (the
+    loop warns about the generator) or aiotrace is uninstalled, the loop's own hook runs."""
     ref = weakref.ref
 
     def _asyncgen_firstiter_hook(self: Any, agen: Any) -> None:
-        original(self, agen)
+        if id(self) in _closing or not _recording[0]:
+            original(self, agen)
+            return
         if len(_started) >= _sweep_at[0]:
             _sweep()
         task = _current_task(self)
@@ -216,15 +257,14 @@ def patched_finalizer(original: Hook) -> Hook:
             loop is not self
             or started_by is None
             or asyncio.events._get_running_loop() is not self
-            or self in _closing
+            or id(self) in _closing
             or getattr(self, "_asyncgens_shutdown_called", False)
             or (task := _current_task(self)) is None
             or task is not started_by()
         ):
             original(self, agen)
             return
-        # Nothing to remove from the loop's own WeakSet of generators: CPython has already
-        # cleared the generator's weak references before calling this hook.
+        # The generator is not in the loop's own WeakSet (the firstiter hook kept it here).
         athrow = agen.aclose()
         try:
             yielded = athrow.send(None)
@@ -253,11 +293,12 @@ def _owner_context(record: _Started) -> Any:
 
 
 def patched_shutdown(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
-    """``loop.shutdown_asyncgens`` closing each generator it knows without a detach failure,
-    then running the loop's own (which finds them closed, and sets its flags)."""
+    """``loop.shutdown_asyncgens`` closing each generator recorded by the firstiter hook
+    without a detach failure, then running the loop's own (which sets its flags and closes the
+    generators in its own set: those started before ``install()``)."""
 
     async def shutdown_asyncgens(self: Any) -> None:
-        _closing.add(self)
+        _mark_closing(self)
         agens: List[Any] = []
         owners: List[Any] = []
         for key, record in list(_started.items()):

@@ -413,11 +413,15 @@ def uninstall() -> None:
 
 
 def _sync_asyncgen_hooks() -> None:
+    # Only where the hooks were ever made: then ``aiotrace.asyncgens`` is imported.
+    asyncgens = sys.modules.get(f"{__package__}.asyncgens")
+    if asyncgens is None:
+        return
+    # Before the running loop's hooks change: a generator handed back by uninstall() must be
+    # in its loop's set before that loop can start shutting down.
+    asyncgens.set_recording("asyncgen" in _active())
     # A loop running now installed its async generator hooks when it started.
-    if "asyncio.base_events" in sys.modules:
-        from .asyncgens import sync_running_loop_hooks
-
-        sync_running_loop_hooks()
+    asyncgens.sync_running_loop_hooks()
 
 
 def _active() -> FrozenSet[str]:

@@ -364,3 +364,111 @@ def test_records_of_generators_that_ran_to_the_end_are_swept():
 
     run_on(LOOPS["asyncio"], main())
     assert not set(dead) & set(asyncgens._started)
+
+
+# -- the loop's own bookkeeping: replaced while installed, handed back by uninstall() -----------
+
+
+async def plain_gen(log):
+    try:
+        yield 1
+        yield 2
+    finally:
+        log.append("finally")
+
+
+def test_uninstall_hands_open_generators_back_to_the_loop(run):
+    """The firstiter hook keeps generators in aiotrace's record instead of the loop's own set;
+    a generator still open when uninstall() runs must be closed by the loop's (now asyncio's)
+    shutdown_asyncgens all the same."""
+    aiotrace.install()
+    log = []
+
+    async def main():
+        gen = plain_gen(log)
+        await gen.__anext__()
+        KEPT.append(gen)
+        aiotrace.uninstall()
+
+    try:
+        run(main())
+        assert log == ["finally"]
+    finally:
+        KEPT.clear()
+
+
+def _in_thread(make_loop, main):
+    errors = []
+
+    def target():
+        try:
+            run_on(make_loop, main())
+        except BaseException as exc:  # reported by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    return thread, errors
+
+
+def test_uninstall_from_another_thread_hands_back_and_stops_recording(loop_name):
+    """A loop running in another thread keeps the hooks it read at start after uninstall():
+    a generator it had already started, and one it starts afterwards, are both closed by its
+    shutdown_asyncgens."""
+    aiotrace.install()
+    log = []
+    started, uninstalled = threading.Event(), threading.Event()
+
+    async def main():
+        before = plain_gen(log)
+        await before.__anext__()
+        started.set()
+        assert uninstalled.wait(10)  # blocks this loop's thread while the main thread acts
+        after = plain_gen(log)
+        await after.__anext__()
+        KEPT.extend([before, after])
+
+    thread, errors = _in_thread(LOOPS[loop_name], main)
+    try:
+        assert started.wait(10)
+        aiotrace.uninstall()
+        uninstalled.set()
+        thread.join(10)
+        assert not errors
+        assert log == ["finally", "finally"]
+    finally:
+        uninstalled.set()
+        KEPT.clear()
+
+
+def test_generator_started_while_shutdown_closes_others_is_closed_too(honest_run):
+    """A generator first iterated by another's cleanup during shutdown_asyncgens goes to the
+    loop's own set (asyncio's hook), which the loop's own shutdown then closes: asyncio would
+    warn that it was started after the shutdown began and leave it open."""
+    aiotrace.install()
+    log = []
+
+    async def late():
+        try:
+            yield 1
+        finally:
+            log.append("late finally")
+
+    async def cleanup_starts_another():
+        try:
+            yield 1
+        finally:
+            gen = late()
+            await gen.__anext__()
+            KEPT.append(gen)
+
+    async def main():
+        gen = cleanup_starts_another()
+        await gen.__anext__()
+        KEPT.append(gen)
+
+    try:
+        honest_run(main())
+        assert log == ["late finally"]
+    finally:
+        KEPT.clear()
