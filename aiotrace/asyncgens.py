@@ -193,13 +193,13 @@ def set_recording(on: bool) -> None:
     _recording[0] = on
     if on:
         return
+    running = asyncio.events._get_running_loop()
     for key, record in list(_started.items()):
         if _started.pop(key, None) is None:
             continue
         agen, loop = record[0](), record[1]
         if agen is None or loop.is_closed() or id(loop) in _closing:
             continue
-        running = asyncio.events._get_running_loop()
         if loop.is_running() and running is not loop:
             # The loop's own thread is the one that reads and changes its set.
             with contextlib.suppress(RuntimeError):  # closed meanwhile: nothing to hand back to

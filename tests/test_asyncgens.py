@@ -30,6 +30,14 @@ async def spanning_gen(log, cleanup_awaits=False):
             log.append("finally")
 
 
+async def plain_gen(log):
+    try:
+        yield 1
+        yield 2
+    finally:
+        log.append("finally")
+
+
 async def break_early(log, cleanup_awaits=False):
     with tracer.start_as_current_span("main"):
         async for _ in spanning_gen(log, cleanup_awaits):
@@ -91,15 +99,9 @@ def test_generator_without_spans_is_closed_in_place_and_context_untouched(run, s
     aiotrace.install()
     log = []
 
-    async def plain():
-        try:
-            yield 1
-        finally:
-            log.append("finally")
-
     async def main():
         with tracer.start_as_current_span("main"):
-            async for _ in plain():
+            async for _ in plain_gen(log):
                 break
             log.append("after loop")
             with tracer.start_as_current_span("after"):
@@ -367,14 +369,6 @@ def test_records_of_generators_that_ran_to_the_end_are_swept():
 
 
 # -- the loop's own bookkeeping: replaced while installed, handed back by uninstall() -----------
-
-
-async def plain_gen(log):
-    try:
-        yield 1
-        yield 2
-    finally:
-        log.append("finally")
 
 
 def test_uninstall_hands_open_generators_back_to_the_loop(run):
