@@ -25,7 +25,7 @@ SERVER_CONTEXTS = ("clean", "inherit")
 # rebound, and a class it put in place of aiotrace's in ``asyncio`` is reported (under debug).
 DEFAULT_WATCH_MODULES: "Tuple[str, ...]" = ("nest_asyncio", "uvloop", "anyio")
 
-# name -> (default, accepted values, meaning); the README table and ``--help`` come from here.
+# name -> (default, accepted values, meaning); docs/switching-on.md and ``--help`` come from here.
 VARIABLES: "Dict[str, Tuple[str, str, str]]" = {
     "AIOTRACE_ENABLE": ("unset (off)", "boolean", "switch aiotrace on at interpreter start"),
     "AIOTRACE_PATCH_QUEUE": ("true", "boolean", "replace asyncio's queue classes"),

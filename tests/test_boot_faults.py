@@ -1,7 +1,7 @@
-"""Start-up that survives every fault (issue 9): each row of the README's "What happens when…"
-table, run in fresh virtual environments as subprocesses; plus the PEP 829 ``.start`` door and
-``aiotrace run`` behaving like a direct run (exit codes, messages, tracebacks, signals,
-``__main__`` under multiprocessing)."""
+"""Start-up that survives every fault (issue 9): each "What happens when…" row of
+docs/switching-on.md, run in fresh virtual environments as subprocesses; plus the PEP 829
+``.start`` door and ``aiotrace run`` behaving like a direct run (exit codes, messages,
+tracebacks, signals, ``__main__`` under multiprocessing)."""
 
 from __future__ import annotations
 
