@@ -17,13 +17,21 @@ from .locks import (
 )
 from .propagation import attached_context, inject_context
 from .queues import PropagatingLifoQueue, PropagatingPriorityQueue, PropagatingQueue
-from .registry import PATCH_NAMES, UnknownPatchError, install, installed, uninstall
+from .registry import (
+    PATCH_NAMES,
+    InstallError,
+    UnknownPatchError,
+    install,
+    installed,
+    uninstall,
+)
 from .tasks import PropagatingTaskGroup, create_task_with_context, linked_root
 
 __version__ = "0.2.0"
 
 __all__ = [
     "PATCH_NAMES",
+    "InstallError",
     "PropagatingBoundedSemaphore",
     "PropagatingCondition",
     "PropagatingEvent",
