@@ -7,6 +7,8 @@ asyncio's own (and :func:`uninstall` to put asyncio's back).
 
 from __future__ import annotations
 
+import sys as _sys
+
 from .executors import run_in_executor_with_context
 from .locks import (
     PropagatingBoundedSemaphore,
@@ -52,3 +54,9 @@ __all__ = [
     "run_in_executor_with_context",
     "uninstall",
 ]
+
+# Last: the start-up hook (AIOTRACE_ENABLE) waits for this package to finish loading when
+# asyncio was first imported from inside it, whoever loads it (aiotrace_boot/_hook.py). Without
+# that hook, nothing happens here.
+if "aiotrace_boot._hook" in _sys.modules:
+    _sys.modules["aiotrace_boot._hook"].package_loaded()

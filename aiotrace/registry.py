@@ -362,15 +362,17 @@ def install(
         done: List[Tuple[str, str]] = []  # what this call applied, in order
         conflicts_before = dict(conflicts)
         where = "?"
+        syncing = False
         try:
             for patch in PATCHES:
                 where = patch.where
                 if _apply(patch, groups):
                     done.append((patch.owner, patch.attribute))
             where = "the running loop's async generator hooks"
+            syncing = True
             _sync_asyncgen_hooks()
         except BaseException as exc:
-            _roll_back(done)
+            _roll_back(done, syncing)
             conflicts.clear()
             conflicts.update(conflicts_before)
             if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as they were
@@ -421,12 +423,17 @@ def _apply(patch: Patch, groups: FrozenSet[str]) -> bool:
     return True
 
 
-def _roll_back(done: List[Tuple[str, str]]) -> None:
-    """Undo the patches ``done`` (applied by one install() call that failed), newest first."""
+def _roll_back(done: List[Tuple[str, str]], synced: bool) -> None:
+    """Undo the patches ``done`` (applied by one install() call that failed), newest first;
+    resync the async generator hooks if they were (``synced``) or may have been changed."""
+    resync = synced
     for key in reversed(done):
         applied = _applied.pop(key, None)
         if applied is not None:
             _restore(applied)
+            resync = resync or applied.patch.group == "asyncgen"
+    if not resync:
+        return
     try:
         _sync_asyncgen_hooks()
     except Exception as exc:  # the error being reported is the one that made install() fail

@@ -13,8 +13,16 @@ module has executed completely, aiotrace acts:
 
 If asyncio is already imported when the hook is set up, aiotrace installs at once and rebinds
 every loaded module that captured an original. Every step is guarded: an error says one line on
-stderr and switches aiotrace off; the module being imported always loads as it would without
-aiotrace, and an exception it raises itself passes through untouched.
+stderr; the module being imported always loads as it would without aiotrace, and an exception
+it raises itself passes through untouched. ``aiotrace.install()`` is all or nothing, so the line
+says what stays patched: "not enabled" only when nothing is.
+
+When asyncio is first imported by the ``aiotrace`` package itself (``import aiotrace`` before
+asyncio), installing then would read aiotrace's own half-initialised modules. That import is
+recognised whoever loads the package: another finder may stand before this one and load it
+(pytest's assertion rewriter loads plugin packages, and aiotrace is one), or a lazy loader may run
+its code long after ``import`` (``importlib.util.LazyLoader``, PEP 810 lazy imports). Install
+then waits, and the package's last line calls :func:`package_loaded`.
 """
 
 import os
@@ -25,9 +33,9 @@ from . import _config, warn
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
-    from typing import Any, Dict, Optional, Sequence, Set
+    from typing import Any, Dict, List, Optional, Sequence, Set
 
-__all__ = ["LATE_PATCH_MODULES", "boot"]
+__all__ = ["LATE_PATCH_MODULES", "boot", "package_loaded"]
 
 # Modules whose patches ``aiotrace.install()`` applies only once they are imported (the
 # registry's ``if_imported`` patches: importing them just to patch them would cost every
@@ -42,9 +50,10 @@ def boot() -> bool:
     if not config.enabled:
         return False
     finder = _Finder(config)
+    _finders.append(finder)
     # asyncio imported before us (by an earlier ``.pth``, or by code that calls ``start()``
     # late): modules may already hold asyncio's own classes; rebind those that do.
-    if "asyncio" in sys.modules and finder.install():
+    if "asyncio" in sys.modules and finder.asyncio_loaded():
         for name, module in list(sys.modules.items()):
             if module is None or name.partition(".")[0] in ("asyncio", "aiotrace"):
                 continue
@@ -57,16 +66,49 @@ def boot() -> bool:
     return True
 
 
+_finders: "List[_Finder]" = []  # the one boot() set up
+
+
+def package_loaded() -> None:
+    """Called by the last line of the ``aiotrace`` package: the install that waited for it to
+    finish loading happens now. Never raises."""
+    for finder in _finders:
+        finder.package_loaded()
+
+
+def _loading(package: str) -> bool:
+    """True while ``package`` or one of its modules is part-way through its import.
+
+    Two signs: its module code runs on this thread's stack (whoever loads it: a finder standing
+    before ours, a loader wrapped in ``importlib.util.LazyLoader`` whose module executes on first
+    attribute access, where ``__spec__._initializing`` is False; read in 3.8's and 3.15's
+    importlib), or the import system marks the package initialising (``_load_unlocked`` sets
+    ``spec._initializing`` around ``exec_module`` on 3.8-3.15): another thread is importing it.
+    """
+    prefix = package + "."
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>":
+            name = frame.f_globals.get("__name__")
+            if name == package or (isinstance(name, str) and name.startswith(prefix)):
+                return True
+        frame = frame.f_back
+    module = sys.modules.get(package)
+    try:
+        # Not getattr(): on a module made lazy by LazyLoader, that would load it.
+        spec = object.__getattribute__(module, "__spec__")
+    except AttributeError:
+        return False
+    return getattr(spec, "_initializing", False) is True
+
+
 class _Finder:
     def __init__(self, config: "_config.Config") -> None:
         self.config = config
-        # aiotrace itself imports asyncio: if that is where asyncio is first imported, install
-        # waits until the aiotrace package has finished loading.
-        self.watched: Set[str] = {"asyncio", "aiotrace", *LATE_PATCH_MODULES, *config.watch_modules}
+        self.watched: Set[str] = {"asyncio", *LATE_PATCH_MODULES, *config.watch_modules}
         self.looking: Set[str] = set()  # names being looked up, so that we never find ourselves
-        self.executing: Set[str] = set()  # watched modules whose code is running
-        self.pending = False  # asyncio loaded while aiotrace was loading
-        self.enabled = True  # off after a failed install
+        self.pending = False  # asyncio loaded while aiotrace was loading: install waits
+        self.enabled = True  # off after a failed first install (then nothing is patched)
         self._applied: Dict[str, Any] = {}
         self._announced: Set[str] = set()  # patches already reported under AIOTRACE_DEBUG
 
@@ -108,25 +150,35 @@ class _Finder:
     def loaded(self, name: str, module: "ModuleType") -> None:
         try:
             if name == "asyncio":
-                if "aiotrace" in self.executing:
-                    self.pending = True
-                else:
-                    self.install()
-            elif name == "aiotrace":
-                if self.pending:
-                    self.pending = False
-                    self.install()
+                self.asyncio_loaded()
             elif self.enabled and "asyncio" in sys.modules and not self.pending:
                 if name in LATE_PATCH_MODULES:
-                    self.install()  # the patches that wait for this module (uvloop's...)
+                    self.install(name)  # the patches that wait for this module (uvloop's...)
                 self.rebind(module)
                 self._report_replacements(name)
         except Exception as exc:  # never disturb the application's import
-            self.enabled = False
-            warn(f"disabled after importing {name}: {type(exc).__name__}: {exc}")
+            warn(f"after importing {name}: {type(exc).__name__}: {exc}; {_patched()}")
 
-    def install(self) -> bool:
-        """``aiotrace.install()`` as configured; False (and one line on stderr) on failure."""
+    def asyncio_loaded(self) -> bool:
+        """Install now, or once the aiotrace package has finished loading if asyncio was
+        imported from inside it; False if installing failed."""
+        if _loading("aiotrace"):
+            self.pending = True
+            return False
+        return self.install()
+
+    def package_loaded(self) -> None:
+        """The aiotrace package has finished loading: the install that waited happens."""
+        if self.pending:
+            self.pending = False
+            try:
+                self.install()
+            except Exception as exc:  # called by aiotrace's import: it must not fail
+                warn(f"not enabled: {type(exc).__name__}: {exc}")
+
+    def install(self, after: str = "asyncio") -> bool:
+        """``aiotrace.install()`` as configured, after the module ``after`` was imported; False
+        (and one line on stderr) on failure."""
         config = self.config
         try:
             from aiotrace import registry
@@ -140,8 +192,12 @@ class _Finder:
                 )
             registry.install(**arguments)
         except Exception as exc:  # e.g. OpenTelemetry missing or broken
-            self.enabled = False
-            warn(f"not enabled: {type(exc).__name__}: {exc}")
+            state = _patched()
+            if state == _NOTHING:
+                self.enabled = False
+                warn(f"not enabled: {type(exc).__name__}: {exc}")
+            else:  # a late install (after uvloop...) undid only its own patches
+                warn(f"not patched for {after}: {type(exc).__name__}: {exc}; {state}")
             return False
         self._applied = self._asyncio_patches(registry)
         if config.debug:
@@ -189,6 +245,16 @@ class _Finder:
                 warn(f"{name} replaced asyncio.{attribute} with {found}: left alone")
 
 
+_NOTHING = "nothing is patched"
+
+
+def _patched() -> str:
+    """What aiotrace has patched in this process, for messages."""
+    registry = sys.modules.get("aiotrace.registry")
+    groups = sorted(registry.installed()) if registry is not None else []
+    return f"still patched: {', '.join(groups)}" if groups else _NOTHING
+
+
 def _after_exec(loader: "Any", name: str, finder: _Finder) -> None:
     """Make ``loader.exec_module`` tell ``finder`` when the module ``name`` has executed.
 
@@ -203,11 +269,9 @@ def _after_exec(loader: "Any", name: str, finder: _Finder) -> None:
     def exec_module(module: "ModuleType") -> None:
         if getattr(module, "__name__", None) != name:  # a loader shared by modules (zipimport)
             return real(module)
-        finder.executing.add(name)
         try:
             real(module)
         finally:
-            finder.executing.discard(name)
             loader.__dict__.pop("exec_module", None)
         return finder.loaded(name, module)
 
