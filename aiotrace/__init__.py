@@ -1,8 +1,14 @@
 """aiotrace keeps OpenTelemetry's current span correct across asyncio boundaries.
 
-Importing this package changes nothing: it neither patches asyncio nor reads the environment.
+Importing this package changes nothing: it neither patches asyncio nor reads the environment
+(its last line only lets the start-up hook of ``AIOTRACE_ENABLE``, when it runs, finish an
+install that waited for this package to load).
 Use the explicit classes and functions below, or call :func:`install` to put them in place of
 asyncio's own (and :func:`uninstall` to put asyncio's back).
+
+PYTEST_DONT_REWRITE: pytest would rewrite this package (its distribution holds a pytest plugin,
+aiotrace.testing), but the start-up hook may import it before pytest can, as soon as something
+imports asyncio (on 3.8-3.10 pytest itself does, through unittest); it has no assertions.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ from . import _config, warn
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
-    from typing import Any, Dict, List, Optional, Sequence, Set
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
 __all__ = ["LATE_PATCH_MODULES", "boot", "package_loaded"]
 
@@ -73,11 +73,12 @@ def package_loaded() -> None:
     """Called by the last line of the ``aiotrace`` package: the install that waited for it to
     finish loading happens now. Never raises."""
     for finder in _finders:
-        finder.package_loaded()
+        finder.resume(finished="aiotrace")
 
 
-def _loading(package: str) -> bool:
-    """True while ``package`` or one of its modules is part-way through its import.
+def _loading(package: str, finished: "Optional[str]" = None) -> "Optional[str]":
+    """The outermost module of ``package`` that is part-way through its import, or None;
+    ``finished`` names one whose code has reached its last line.
 
     Two signs: its module code runs on this thread's stack (whoever loads it: a finder standing
     before ours, a loader wrapped in ``importlib.util.LazyLoader`` whose module executes on first
@@ -86,20 +87,55 @@ def _loading(package: str) -> bool:
     ``spec._initializing`` around ``exec_module`` on 3.8-3.15): another thread is importing it.
     """
     prefix = package + "."
+    outermost = None
     frame = sys._getframe(1)
     while frame is not None:
         if frame.f_code.co_name == "<module>":
             name = frame.f_globals.get("__name__")
             if name == package or (isinstance(name, str) and name.startswith(prefix)):
-                return True
+                outermost = name if name != finished else outermost
         frame = frame.f_back
-    module = sys.modules.get(package)
+    if outermost is None and finished != package and _initializing(package) is not None:
+        outermost = package
+    return outermost
+
+
+def _initializing(name: str) -> "Any":
+    """The spec of module ``name`` if the import system marks it initialising, else None."""
+    module = sys.modules.get(name)
     try:
         # Not getattr(): on a module made lazy by LazyLoader, that would load it.
         spec = object.__getattribute__(module, "__spec__")
     except AttributeError:
+        return None
+    return spec if getattr(spec, "_initializing", False) is True else None
+
+
+def _when_initialised(name: str, callback: "Callable[[], None]") -> bool:
+    """Call ``callback`` when the import system marks module ``name`` initialised (the last
+    step of ``_load_unlocked``, after the module's code ran, whether it failed or not); False if
+    it is not being imported that way.
+
+    For a module of aiotrace that a lazy import (PEP 810) executes after the package itself
+    finished loading: nothing else gets control when it is done. The spec's class becomes, for
+    that moment, a subclass whose ``__setattr__`` sees ``_initializing`` set to False.
+    """
+    spec = _initializing(name)
+    if spec is None:
         return False
-    return getattr(spec, "_initializing", False) is True
+    cls = type(spec)
+
+    def __setattr__(self: "Any", attribute: str, value: "Any") -> None:
+        cls.__setattr__(self, attribute, value)
+        if attribute == "_initializing" and not value:
+            object.__setattr__(self, "__class__", cls)
+            callback()
+
+    watched = type(cls.__name__, (cls,), {"__setattr__": __setattr__, "__slots__": ()})
+    watched.__qualname__ = cls.__qualname__
+    watched.__module__ = cls.__module__
+    spec.__class__ = watched
+    return True
 
 
 class _Finder:
@@ -151,7 +187,10 @@ class _Finder:
         try:
             if name == "asyncio":
                 self.asyncio_loaded()
-            elif self.enabled and "asyncio" in sys.modules and not self.pending:
+                return
+            if self.pending:
+                self.resume()
+            if self.enabled and "asyncio" in sys.modules and not self.pending:
                 if name in LATE_PATCH_MODULES:
                     self.install(name)  # the patches that wait for this module (uvloop's...)
                 self.rebind(module)
@@ -159,22 +198,29 @@ class _Finder:
         except Exception as exc:  # never disturb the application's import
             warn(f"after importing {name}: {type(exc).__name__}: {exc}; {_patched()}")
 
-    def asyncio_loaded(self) -> bool:
-        """Install now, or once the aiotrace package has finished loading if asyncio was
-        imported from inside it; False if installing failed."""
-        if _loading("aiotrace"):
-            self.pending = True
-            return False
-        return self.install()
+    def asyncio_loaded(self, finished: "Optional[str]" = None) -> bool:
+        """Install now, or once aiotrace has finished loading if asyncio was imported from
+        inside one of its modules; False if installing failed or waits."""
+        outermost = _loading("aiotrace", finished)
+        if outermost is None:
+            return self.install()
+        self.pending = True
+        # The package tells us itself (its last line); a module of it loaded later, by a lazy
+        # import, is watched until the import system marks it done.
+        if outermost != "aiotrace":
+            _when_initialised(outermost, self.resume)
+        return False
 
-    def package_loaded(self) -> None:
-        """The aiotrace package has finished loading: the install that waited happens."""
-        if self.pending:
+    def resume(self, finished: "Optional[str]" = None) -> None:
+        """aiotrace has finished loading (``finished``: the module that says so from its last
+        line): the install that waited happens. Never raises."""
+        if not self.pending:
+            return
+        try:
             self.pending = False
-            try:
-                self.install()
-            except Exception as exc:  # called by aiotrace's import: it must not fail
-                warn(f"not enabled: {type(exc).__name__}: {exc}")
+            self.asyncio_loaded(finished)
+        except Exception as exc:  # called by aiotrace's import: it must not fail
+            warn(f"not enabled: {type(exc).__name__}: {exc}")
 
     def install(self, after: str = "asyncio") -> bool:
         """``aiotrace.install()`` as configured, after the module ``after`` was imported; False

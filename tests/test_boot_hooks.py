@@ -24,16 +24,17 @@ pytestmark = pytest.mark.boot
 
 ENABLED = {"AIOTRACE_ENABLE": "1"}
 
-# Every default group: ``concurrent.futures.process`` is imported below, so its late group
+# Every default group: ``concurrent.futures.process`` is imported by the app, so its late group
 # (process_pool) joins too.
 EXPECTED = sorted(registry.selected())
 
 PROBE = """\
 import json
 import aiotrace
-aiotrace.PATCH_NAMES  # a lazily imported aiotrace loads here, before asyncio
+# A lazily imported aiotrace (LazyLoader, PEP 810) loads here, before asyncio; under PEP 810 this
+# module of it, whose classes subclass asyncio's, even loads after the package.
+aiotrace.PropagatingQueue
 import asyncio
-import concurrent.futures.process
 from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -60,6 +61,10 @@ async def main():
 
 
 result = asyncio.run(main())
+# A late-patch module (its group joins when it loads), after the checks above: they must not
+# depend on an import that gives the hook control again.
+import concurrent.futures.process
+concurrent.futures.process.ProcessPoolExecutor  # used: PEP 810 lazy imports load it here
 result["installed"] = sorted(aiotrace.installed())
 print(json.dumps(result))
 """
