@@ -144,6 +144,7 @@ class _Finder:
         self.watched: Set[str] = {"asyncio", *LATE_PATCH_MODULES, *config.watch_modules}
         self.looking: Set[str] = set()  # names being looked up, so that we never find ourselves
         self.pending = False  # asyncio loaded while aiotrace was loading: install waits
+        self.asyncio_seen = False  # asyncio_loaded() was called
         self.enabled = True  # off after a failed first install (then nothing is patched)
         self._applied: Dict[str, Any] = {}
         self._announced: Set[str] = set()  # patches already reported under AIOTRACE_DEBUG
@@ -188,7 +189,7 @@ class _Finder:
             if name == "asyncio":
                 self.asyncio_loaded()
                 return
-            if self.pending:
+            if self.pending or not self.asyncio_seen:
                 self.resume()
             if self.enabled and "asyncio" in sys.modules and not self.pending:
                 if name in LATE_PATCH_MODULES:
@@ -201,6 +202,7 @@ class _Finder:
     def asyncio_loaded(self, finished: "Optional[str]" = None) -> bool:
         """Install now, or once aiotrace has finished loading if asyncio was imported from
         inside one of its modules; False if installing failed or waits."""
+        self.asyncio_seen = True
         outermost = _loading("aiotrace", finished)
         if outermost is None:
             return self.install()
@@ -213,8 +215,15 @@ class _Finder:
 
     def resume(self, finished: "Optional[str]" = None) -> None:
         """aiotrace has finished loading (``finished``: the module that says so from its last
-        line): the install that waited happens. Never raises."""
-        if not self.pending:
+        line): the install that waited happens. Never raises.
+
+        Also when asyncio was loaded by a finder standing before ours that never asked the
+        others (so this finder did not see it): found here, at the next import of aiotrace or
+        of a watched module.
+        """
+        if not self.pending and (
+            self.asyncio_seen or "asyncio" not in sys.modules or _loading("asyncio")
+        ):
             return
         try:
             self.pending = False

@@ -166,7 +166,12 @@ class Lazy:
 sys.meta_path.insert(0, Lazy())
 """
 
+# A finder that loads ``asyncio`` itself: aiotrace's finder never sees it; it installs when
+# the aiotrace package (or a watched module) has loaded.
+AHEAD_OF_ASYNCIO = AHEAD.replace('name == "aiotrace"', 'name == "asyncio"')
+
 APPS: Dict[str, str] = {
+    "finder-loads-asyncio": AHEAD_OF_ASYNCIO,
     "plain": "",
     "finder-loads-aiotrace": AHEAD,
     "loader-wrapping-watchdog": WATCHDOG,
