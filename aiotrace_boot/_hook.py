@@ -229,7 +229,7 @@ class _Finder:
             self.pending = False
             self.asyncio_loaded(finished)
         except Exception as exc:  # called by aiotrace's import: it must not fail
-            warn(f"not enabled: {type(exc).__name__}: {exc}")
+            warn(f"could not install: {type(exc).__name__}: {exc}; {_patched()}")
 
     def install(self, after: str = "asyncio") -> bool:
         """``aiotrace.install()`` as configured, after the module ``after`` was imported; False
