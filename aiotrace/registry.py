@@ -6,6 +6,11 @@ each attribute the exact object it found; :func:`uninstall` puts those objects b
 identity) unless someone else has replaced the attribute since, in which case their object is
 left alone and a warning says so. Both are idempotent and serialised by one lock, so several
 threads may call them at once.
+
+:func:`install` is all or nothing: if a patch cannot be applied (its factory raises, the
+attribute cannot be set, its owner cannot be imported), every patch that same call applied is
+undone before :class:`InstallError` leaves, so the process is exactly as before the call;
+patches applied by earlier calls stay. :func:`rebind` is all or nothing in the same way.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Tup
 __all__ = [
     "LOCK_PATCHES",
     "PATCH_NAMES",
+    "InstallError",
     "Patch",
     "UnknownPatchError",
     "install",
@@ -243,6 +249,18 @@ class UnknownPatchError(ValueError):
     """A patch name that aiotrace does not know."""
 
 
+class InstallError(RuntimeError):
+    """:func:`install` or :func:`rebind` could not apply one patch; every patch that call had
+    applied is undone (``__cause__`` is the original error)."""
+
+    def __init__(self, where: str, cause: BaseException, undone: int) -> None:
+        super().__init__(
+            f"aiotrace could not patch {where}: {type(cause).__name__}: {cause}; nothing was "
+            f"changed ({undone} patch(es) this call had applied are undone)"
+        )
+        self.where = where
+
+
 class _Foreign(Exception):
     """The attribute holds something other than the stdlib object aiotrace replaces."""
 
@@ -341,46 +359,85 @@ def install(
         exclude=exclude,
     )
     with _lock:
-        for patch in PATCHES:
-            key = (patch.owner, patch.attribute)
-            if patch.group not in groups or key in _applied:
-                continue
-            if patch.if_imported and patch.owner.partition(":")[0] not in sys.modules:
-                continue
-            try:
-                owner = _resolve(patch.owner)
-            except AttributeError:
-                if patch.if_imported:
-                    # Still being imported (install() runs while uvloop, which imports asyncio
-                    # first, is half done): its classes do not exist yet.
-                    continue
-                raise
-            # For a class, the object it holds itself, so that uninstall() puts back that very
-            # object (getattr would return a bound or derived object for some descriptors).
-            owned = not isinstance(owner, type) or patch.attribute in vars(owner)
-            original = (
-                vars(owner)[patch.attribute]
-                if owned and isinstance(owner, type)
-                else getattr(owner, patch.attribute)
-            )
-            try:
-                replacement = _replacement(patch, original)
-            except _Foreign as foreign:
+        done: List[Tuple[str, str]] = []  # what this call applied, in order
+        conflicts_before = dict(conflicts)
+        where = "?"
+        syncing = False
+        try:
+            for patch in PATCHES:
                 where = patch.where
-                found = (
-                    getattr(foreign.found, "__module__", "?")
-                    + "."
-                    + getattr(foreign.found, "__qualname__", type(foreign.found).__name__)
-                )
-                if conflicts.get(where) != found:
-                    conflicts[where] = found
-                    logger.debug("aiotrace: %s is %s, not asyncio's; left alone", where, found)
-                continue
-            setattr(owner, patch.attribute, replacement)
-            _applied[key] = _Applied(patch, owner, original, replacement, owned)
-            logger.debug("aiotrace: patched %s", patch.where)
-        _sync_asyncgen_hooks()
+                if _apply(patch, groups):
+                    done.append((patch.owner, patch.attribute))
+            where = "the running loop's async generator hooks"
+            syncing = True
+            _sync_asyncgen_hooks()
+        except BaseException as exc:
+            _roll_back(done, syncing)
+            conflicts.clear()
+            conflicts.update(conflicts_before)
+            if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as they were
+                raise
+            raise InstallError(where, exc, len(done)) from exc
         return _active()
+
+
+def _apply(patch: Patch, groups: FrozenSet[str]) -> bool:
+    """Apply ``patch`` if it is selected and can be; True if it was applied now."""
+    key = (patch.owner, patch.attribute)
+    if patch.group not in groups or key in _applied:
+        return False
+    if patch.if_imported and patch.owner.partition(":")[0] not in sys.modules:
+        return False
+    try:
+        owner = _resolve(patch.owner)
+    except AttributeError:
+        if patch.if_imported:
+            # Still being imported (install() runs while uvloop, which imports asyncio
+            # first, is half done): its classes do not exist yet.
+            return False
+        raise
+    # For a class, the object it holds itself, so that uninstall() puts back that very
+    # object (getattr would return a bound or derived object for some descriptors).
+    owned = not isinstance(owner, type) or patch.attribute in vars(owner)
+    original = (
+        vars(owner)[patch.attribute]
+        if owned and isinstance(owner, type)
+        else getattr(owner, patch.attribute)
+    )
+    try:
+        replacement = _replacement(patch, original)
+    except _Foreign as foreign:
+        where = patch.where
+        found = (
+            getattr(foreign.found, "__module__", "?")
+            + "."
+            + getattr(foreign.found, "__qualname__", type(foreign.found).__name__)
+        )
+        if conflicts.get(where) != found:
+            conflicts[where] = found
+            logger.debug("aiotrace: %s is %s, not asyncio's; left alone", where, found)
+        return False
+    setattr(owner, patch.attribute, replacement)
+    _applied[key] = _Applied(patch, owner, original, replacement, owned)
+    logger.debug("aiotrace: patched %s", patch.where)
+    return True
+
+
+def _roll_back(done: List[Tuple[str, str]], synced: bool) -> None:
+    """Undo the patches ``done`` (applied by one install() call that failed), newest first;
+    resync the async generator hooks if they were (``synced``) or may have been changed."""
+    resync = synced
+    for key in reversed(done):
+        applied = _applied.pop(key, None)
+        if applied is not None:
+            _restore(applied)
+            resync = resync or applied.patch.group == "asyncgen"
+    if not resync:
+        return
+    try:
+        _sync_asyncgen_hooks()
+    except Exception as exc:  # the error being reported is the one that made install() fail
+        logger.warning("aiotrace: could not resync the async generator hooks: %r", exc)
 
 
 def _replacement(patch: Patch, original: Any) -> Any:
@@ -397,19 +454,24 @@ def uninstall() -> None:
     with _lock:
         _unbind()
         for key in reversed(list(_applied)):
-            applied = _applied.pop(key)
-            name = applied.patch.where
-            current = getattr(applied.owner, applied.patch.attribute, None)
-            if current is not applied.replacement:
-                logger.warning(
-                    "aiotrace: %s was replaced again after install(); leaving the new object", name
-                )
-                continue
-            if applied.owned:
-                setattr(applied.owner, applied.patch.attribute, applied.original)
-            else:
-                delattr(applied.owner, applied.patch.attribute)
+            _restore(_applied.pop(key))
         _sync_asyncgen_hooks()
+
+
+def _restore(applied: _Applied) -> None:
+    """Put back what ``applied`` replaced: the very object it found, or (for an attribute the
+    class inherited) no attribute of its own; unless someone replaced the attribute since."""
+    current = getattr(applied.owner, applied.patch.attribute, None)
+    if current is not applied.replacement:
+        logger.warning(
+            "aiotrace: %s was replaced again after install(); leaving the new object",
+            applied.patch.where,
+        )
+        return
+    if applied.owned:
+        setattr(applied.owner, applied.patch.attribute, applied.original)
+    else:
+        delattr(applied.owner, applied.patch.attribute)
 
 
 def _sync_asyncgen_hooks() -> None:
@@ -448,19 +510,29 @@ _rebound: Dict[Tuple[Any, str], Tuple[Any, Any]] = {}
 def rebind(module: Any) -> List[str]:
     """Point every name in ``module`` that still holds an object :func:`install` replaced in a
     module (``from asyncio import Queue`` run before ``install()``) at its replacement; return
-    the names rebound. :func:`uninstall` puts the originals back."""
+    the names rebound. :func:`uninstall` puts the originals back. If one name cannot be set,
+    the names this call rebound are put back before :class:`InstallError` leaves."""
     with _lock:
         replacements = {
             id(a.original): a for a in _applied.values() if not isinstance(a.owner, type)
         }
-        names = []
-        for name, value in list(vars(module).items()):
-            applied = replacements.get(id(value))
-            if applied is None or applied.original is not value:
-                continue
-            setattr(module, name, applied.replacement)
-            _rebound[(module, name)] = (value, applied.replacement)
-            names.append(name)
+        names: List[str] = []
+        name = "__dict__"
+        try:
+            for name, value in list(vars(module).items()):
+                applied = replacements.get(id(value))
+                if applied is None or applied.original is not value:
+                    continue
+                setattr(module, name, applied.replacement)
+                _rebound[(module, name)] = (value, applied.replacement)
+                names.append(name)
+        except Exception as exc:  # all or nothing, as install()
+            for done in reversed(names):
+                before, after = _rebound.pop((module, done))
+                if getattr(module, done, None) is after:
+                    setattr(module, done, before)
+            module_name = getattr(module, "__name__", repr(module))
+            raise InstallError(f"{module_name}.{name}", exc, len(names)) from exc
         return names
 
 

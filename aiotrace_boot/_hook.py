@@ -13,8 +13,16 @@ module has executed completely, aiotrace acts:
 
 If asyncio is already imported when the hook is set up, aiotrace installs at once and rebinds
 every loaded module that captured an original. Every step is guarded: an error says one line on
-stderr and switches aiotrace off; the module being imported always loads as it would without
-aiotrace, and an exception it raises itself passes through untouched.
+stderr; the module being imported always loads as it would without aiotrace, and an exception
+it raises itself passes through untouched. ``aiotrace.install()`` is all or nothing, so the line
+says what stays patched: "not enabled" only when nothing is.
+
+When asyncio is first imported by the ``aiotrace`` package itself (``import aiotrace`` before
+asyncio), installing then would read aiotrace's own half-initialised modules. That import is
+recognised whoever loads the package: another finder may stand before this one and load it
+(pytest's assertion rewriter loads plugin packages, and aiotrace is one), or a lazy loader may run
+its code long after ``import`` (``importlib.util.LazyLoader``, PEP 810 lazy imports). Install
+then waits, and the package's last line calls :func:`package_loaded`.
 """
 
 import os
@@ -25,9 +33,9 @@ from . import _config, warn
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
-    from typing import Any, Dict, Optional, Sequence, Set
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
-__all__ = ["LATE_PATCH_MODULES", "boot"]
+__all__ = ["LATE_PATCH_MODULES", "boot", "package_loaded"]
 
 # Modules whose patches ``aiotrace.install()`` applies only once they are imported (the
 # registry's ``if_imported`` patches: importing them just to patch them would cost every
@@ -42,9 +50,10 @@ def boot() -> bool:
     if not config.enabled:
         return False
     finder = _Finder(config)
+    _finders.append(finder)
     # asyncio imported before us (by an earlier ``.pth``, or by code that calls ``start()``
     # late): modules may already hold asyncio's own classes; rebind those that do.
-    if "asyncio" in sys.modules and finder.install():
+    if "asyncio" in sys.modules and finder.asyncio_loaded():
         for name, module in list(sys.modules.items()):
             if module is None or name.partition(".")[0] in ("asyncio", "aiotrace"):
                 continue
@@ -57,16 +66,86 @@ def boot() -> bool:
     return True
 
 
+_finders: "List[_Finder]" = []  # the one boot() set up
+
+
+def package_loaded() -> None:
+    """Called by the last line of the ``aiotrace`` package: the install that waited for it to
+    finish loading happens now. Never raises."""
+    for finder in _finders:
+        finder.resume(finished="aiotrace")
+
+
+def _loading(package: str, finished: "Optional[str]" = None) -> "Optional[str]":
+    """The outermost module of ``package`` that is part-way through its import, or None;
+    ``finished`` names one whose code has reached its last line.
+
+    Two signs: its module code runs on this thread's stack (whoever loads it: a finder standing
+    before ours, a loader wrapped in ``importlib.util.LazyLoader`` whose module executes on first
+    attribute access, where ``__spec__._initializing`` is False; read in 3.8's and 3.15's
+    importlib), or the import system marks the package initialising (``_load_unlocked`` sets
+    ``spec._initializing`` around ``exec_module`` on 3.8-3.15): another thread is importing it.
+    """
+    prefix = package + "."
+    outermost = None
+    frame = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "<module>":
+            name = frame.f_globals.get("__name__")
+            if name == package or (isinstance(name, str) and name.startswith(prefix)):
+                outermost = name if name != finished else outermost
+        frame = frame.f_back
+    if outermost is None and finished != package and _initializing(package) is not None:
+        outermost = package
+    return outermost
+
+
+def _initializing(name: str) -> "Any":
+    """The spec of module ``name`` if the import system marks it initialising, else None."""
+    module = sys.modules.get(name)
+    try:
+        # Not getattr(): on a module made lazy by LazyLoader, that would load it.
+        spec = object.__getattribute__(module, "__spec__")
+    except AttributeError:
+        return None
+    return spec if getattr(spec, "_initializing", False) is True else None
+
+
+def _when_initialised(name: str, callback: "Callable[[], None]") -> bool:
+    """Call ``callback`` when the import system marks module ``name`` initialised (the last
+    step of ``_load_unlocked``, after the module's code ran, whether it failed or not); False if
+    it is not being imported that way.
+
+    For a module of aiotrace that a lazy import (PEP 810) executes after the package itself
+    finished loading: nothing else gets control when it is done. The spec's class becomes, for
+    that moment, a subclass whose ``__setattr__`` sees ``_initializing`` set to False.
+    """
+    spec = _initializing(name)
+    if spec is None:
+        return False
+    cls = type(spec)
+
+    def __setattr__(self: "Any", attribute: str, value: "Any") -> None:
+        cls.__setattr__(self, attribute, value)
+        if attribute == "_initializing" and not value:
+            object.__setattr__(self, "__class__", cls)
+            callback()
+
+    watched = type(cls.__name__, (cls,), {"__setattr__": __setattr__, "__slots__": ()})
+    watched.__qualname__ = cls.__qualname__
+    watched.__module__ = cls.__module__
+    spec.__class__ = watched
+    return True
+
+
 class _Finder:
     def __init__(self, config: "_config.Config") -> None:
         self.config = config
-        # aiotrace itself imports asyncio: if that is where asyncio is first imported, install
-        # waits until the aiotrace package has finished loading.
-        self.watched: Set[str] = {"asyncio", "aiotrace", *LATE_PATCH_MODULES, *config.watch_modules}
+        self.watched: Set[str] = {"asyncio", *LATE_PATCH_MODULES, *config.watch_modules}
         self.looking: Set[str] = set()  # names being looked up, so that we never find ourselves
-        self.executing: Set[str] = set()  # watched modules whose code is running
-        self.pending = False  # asyncio loaded while aiotrace was loading
-        self.enabled = True  # off after a failed install
+        self.pending = False  # asyncio loaded while aiotrace was loading: install waits
+        self.asyncio_seen = False  # asyncio_loaded() was called
+        self.enabled = True  # off after a failed first install (then nothing is patched)
         self._applied: Dict[str, Any] = {}
         self._announced: Set[str] = set()  # patches already reported under AIOTRACE_DEBUG
 
@@ -108,25 +187,53 @@ class _Finder:
     def loaded(self, name: str, module: "ModuleType") -> None:
         try:
             if name == "asyncio":
-                if "aiotrace" in self.executing:
-                    self.pending = True
-                else:
-                    self.install()
-            elif name == "aiotrace":
-                if self.pending:
-                    self.pending = False
-                    self.install()
-            elif self.enabled and "asyncio" in sys.modules and not self.pending:
+                self.asyncio_loaded()
+                return
+            if self.pending or not self.asyncio_seen:
+                self.resume()
+            if self.enabled and "asyncio" in sys.modules and not self.pending:
                 if name in LATE_PATCH_MODULES:
-                    self.install()  # the patches that wait for this module (uvloop's...)
+                    self.install(name)  # the patches that wait for this module (uvloop's...)
                 self.rebind(module)
                 self._report_replacements(name)
         except Exception as exc:  # never disturb the application's import
-            self.enabled = False
-            warn(f"disabled after importing {name}: {type(exc).__name__}: {exc}")
+            warn(f"after importing {name}: {type(exc).__name__}: {exc}; {_patched()}")
 
-    def install(self) -> bool:
-        """``aiotrace.install()`` as configured; False (and one line on stderr) on failure."""
+    def asyncio_loaded(self, finished: "Optional[str]" = None) -> bool:
+        """Install now, or once aiotrace has finished loading if asyncio was imported from
+        inside one of its modules; False if installing failed or waits."""
+        self.asyncio_seen = True
+        outermost = _loading("aiotrace", finished)
+        if outermost is None:
+            return self.install()
+        self.pending = True
+        # The package tells us itself (its last line); a module of it loaded later, by a lazy
+        # import, is watched until the import system marks it done.
+        if outermost != "aiotrace":
+            _when_initialised(outermost, self.resume)
+        return False
+
+    def resume(self, finished: "Optional[str]" = None) -> None:
+        """aiotrace has finished loading (``finished``: the module that says so from its last
+        line): the install that waited happens. Never raises.
+
+        Also when asyncio was loaded by a finder standing before ours that never asked the
+        others (so this finder did not see it): found here, at the next import of aiotrace or
+        of a watched module.
+        """
+        if not self.pending and (
+            self.asyncio_seen or "asyncio" not in sys.modules or _loading("asyncio")
+        ):
+            return
+        try:
+            self.pending = False
+            self.asyncio_loaded(finished)
+        except Exception as exc:  # called by aiotrace's import: it must not fail
+            warn(f"could not install: {type(exc).__name__}: {exc}; {_patched()}")
+
+    def install(self, after: str = "asyncio") -> bool:
+        """``aiotrace.install()`` as configured, after the module ``after`` was imported; False
+        (and one line on stderr) on failure."""
         config = self.config
         try:
             from aiotrace import registry
@@ -140,8 +247,12 @@ class _Finder:
                 )
             registry.install(**arguments)
         except Exception as exc:  # e.g. OpenTelemetry missing or broken
-            self.enabled = False
-            warn(f"not enabled: {type(exc).__name__}: {exc}")
+            state = _patched()
+            if state == _NOTHING:
+                self.enabled = False
+                warn(f"not enabled: {type(exc).__name__}: {exc}")
+            else:  # a late install (after uvloop...) undid only its own patches
+                warn(f"not patched for {after}: {type(exc).__name__}: {exc}; {state}")
             return False
         self._applied = self._asyncio_patches(registry)
         if config.debug:
@@ -189,6 +300,16 @@ class _Finder:
                 warn(f"{name} replaced asyncio.{attribute} with {found}: left alone")
 
 
+_NOTHING = "nothing is patched"
+
+
+def _patched() -> str:
+    """What aiotrace has patched in this process, for messages."""
+    registry = sys.modules.get("aiotrace.registry")
+    groups = sorted(registry.installed()) if registry is not None else []
+    return f"still patched: {', '.join(groups)}" if groups else _NOTHING
+
+
 def _after_exec(loader: "Any", name: str, finder: _Finder) -> None:
     """Make ``loader.exec_module`` tell ``finder`` when the module ``name`` has executed.
 
@@ -203,11 +324,9 @@ def _after_exec(loader: "Any", name: str, finder: _Finder) -> None:
     def exec_module(module: "ModuleType") -> None:
         if getattr(module, "__name__", None) != name:  # a loader shared by modules (zipimport)
             return real(module)
-        finder.executing.add(name)
         try:
             real(module)
         finally:
-            finder.executing.discard(name)
             loader.__dict__.pop("exec_module", None)
         return finder.loaded(name, module)
 

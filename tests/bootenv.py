@@ -160,6 +160,19 @@ class Environments:
         return self._get("full", make)
 
     @property
+    def hooks(self) -> Venv:
+        """The wheel, the OpenTelemetry SDK, pytest and typeguard: other import hooks that
+        stand before aiotrace's (tests/test_boot_hooks.py). Installed here only, not in the
+        test extra: the suite itself never imports typeguard."""
+
+        def make() -> Venv:
+            venv = _new_venv(self.base / "hooks")
+            _install(venv, str(self.wheel), "opentelemetry-sdk", "pytest", "typeguard")
+            return venv
+
+        return self._get("hooks", make)
+
+    @property
     def no_otel(self) -> Venv:
         """The wheel alone, without its dependencies: OpenTelemetry is missing."""
 

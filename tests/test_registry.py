@@ -5,23 +5,27 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import dataclasses
 import logging
 import os
 import subprocess
 import sys
 import threading
+import types
 
 import pytest
 
 import aiotrace
 from aiotrace import registry
 
+_resolve = registry._resolve  # tests below break the registry's own
+
 
 def _snapshot():
     """Every attribute the registry may replace, with the object it holds now."""
     found = {}
     for patch in registry.PATCHES:
-        owner = registry._resolve(patch.owner)
+        owner = _resolve(patch.owner)
         found[(patch.owner, patch.attribute)] = vars(owner).get(patch.attribute, "<inherited>")
     return found
 
@@ -226,3 +230,118 @@ def test_a_fresh_interpreter_importing_aiotrace_changes_nothing():
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIOTRACE_")}
     subprocess.run([sys.executable, "-c", code], check=True, env=env)
+
+
+# -- all or nothing (issue 18) ----------------------------------------------------------------
+
+
+def _all_owners_imported() -> None:
+    # The registry's ``if_imported`` owners, so that every group has patches to apply.
+    import concurrent.futures.process  # noqa: F401
+
+    pytest.importorskip("uvloop")
+
+
+def _last_patch_of(group: str) -> registry.Patch:
+    # The last one, so that the patches before it (of other groups and of its own) are applied
+    # when it fails, and must be undone.
+    return [p for p in registry.PATCHES if p.group == group][-1]
+
+
+FAULTS = ("factory", "setattr", "resolve")
+
+
+def _inject(monkeypatch: pytest.MonkeyPatch, target: registry.Patch, fault: str) -> None:
+    def broken(*args: object) -> None:
+        raise RuntimeError(f"injected {fault} fault")
+
+    if fault == "factory":
+        patches = tuple(
+            dataclasses.replace(p, make=broken) if p is target else p for p in registry.PATCHES
+        )
+        monkeypatch.setattr(registry, "PATCHES", patches)
+    elif fault == "setattr":
+        owner = registry._resolve(target.owner)
+
+        def setattr_(obj: object, name: str, value: object) -> None:
+            if obj is owner and name == target.attribute and value is not vars(owner).get(name):
+                broken()
+            setattr(obj, name, value)
+
+        monkeypatch.setattr(registry, "setattr", setattr_, raising=False)
+    else:
+        resolve = registry._resolve
+        monkeypatch.setattr(
+            registry,
+            "_resolve",
+            lambda owner: broken() if owner == target.owner else resolve(owner),
+        )
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("group", registry.PATCH_NAMES)
+def test_a_failing_patch_undoes_everything_that_call_applied(monkeypatch, group, fault):
+    _all_owners_imported()
+    target = _last_patch_of(group)
+    failing = target
+    if fault == "resolve":  # a broken owner fails at the first patch of that owner
+        failing = next(p for p in registry.PATCHES if p.owner == target.owner)
+    before = _snapshot()
+    _inject(monkeypatch, target, fault)
+
+    async def fail_in_a_running_loop() -> None:
+        # A running loop: install() also sets its async generator hooks, which must come back.
+        hooks = sys.get_asyncgen_hooks()
+        with pytest.raises(aiotrace.InstallError) as failed:
+            aiotrace.install(patch_threads=True)
+        assert sys.get_asyncgen_hooks() == hooks
+        message = str(failed.value)
+        assert message.startswith(f"aiotrace could not patch {failing.where}: RuntimeError: ")
+        assert f"injected {fault} fault; nothing was changed" in message
+        assert isinstance(failed.value.__cause__, RuntimeError)
+
+    asyncio.run(fail_in_a_running_loop())
+    after = _snapshot()
+    assert [key for key in before if after[key] is not before[key]] == []
+    assert aiotrace.installed() == frozenset()
+    monkeypatch.undo()
+    # Nothing was left half-done: the next call applies everything.
+    assert aiotrace.install(patch_threads=True) == frozenset(registry.PATCH_NAMES)
+
+
+@pytest.mark.parametrize("group", registry.PATCH_NAMES)
+def test_a_failing_call_keeps_what_earlier_calls_applied(monkeypatch, group):
+    _all_owners_imported()
+    first = aiotrace.install(patch_threads=True, exclude=[group])
+    assert group not in first
+    applied = _snapshot()
+    _inject(monkeypatch, _last_patch_of(group), "factory")
+    with pytest.raises(aiotrace.InstallError, match="nothing was changed"):
+        aiotrace.install(patch_threads=True)
+    assert aiotrace.installed() == first
+    after = _snapshot()
+    assert [key for key in applied if after[key] is not applied[key]] == []
+    aiotrace.uninstall()
+    assert aiotrace.installed() == frozenset()
+
+
+def test_rebind_is_all_or_nothing():
+    aiotrace.install()
+
+    class Module(types.ModuleType):
+        def __setattr__(self, name: str, value: object) -> None:
+            if name == "Lock":
+                raise AttributeError("read-only")
+            super().__setattr__(name, value)
+
+    module = Module("captured")
+    stock = {
+        "Queue": registry.original("asyncio", "Queue"),
+        "Lock": registry.original("asyncio", "Lock"),
+    }
+    for name, value in stock.items():
+        object.__setattr__(module, name, value)  # in this order: Queue is rebound first
+    with pytest.raises(aiotrace.InstallError, match=r"captured\.Lock: AttributeError: read-only"):
+        registry.rebind(module)
+    assert all(vars(module)[name] is value for name, value in stock.items())
+    assert not any(key[0] is module for key in registry._rebound)
