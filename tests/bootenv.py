@@ -98,7 +98,8 @@ def _new_venv(path: Path, seed: bool = False) -> Venv:
     if UV:
         _check([UV, "venv", "-q", *(["--seed"] if seed else []), "-p", sys.executable, str(path)])
     else:
-        _check([sys.executable, "-m", "venv", *([] if seed else ["--without-pip"]), str(path)])
+        # Without uv, packages are installed with the environment's own pip: it needs one.
+        _check([sys.executable, "-m", "venv", str(path)])
     return Venv(path)
 
 
