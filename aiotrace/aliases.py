@@ -36,6 +36,11 @@ class StdlibAlias(type):
         original: Optional[type] = None,
     ) -> StdlibAlias:
         namespace["__aiotrace_original__"] = original
+        if original is not None:
+            # What introspection, reprs and pickle see: the stdlib class's own names (see the
+            # module docstring).
+            namespace["__module__"] = original.__module__
+            namespace["__qualname__"] = original.__qualname__
         return super().__new__(mcs, name, bases, namespace)
 
     def __init__(
@@ -46,6 +51,24 @@ class StdlibAlias(type):
         original: Optional[type] = None,
     ) -> None:
         super().__init__(name, bases, namespace)
+
+    @property
+    def __wrapped__(cls) -> type:
+        """The stdlib class an alias stands in for (``inspect.signature`` reports its
+        signature). A property of the metaclass, so that a user's subclass of an alias, which
+        has its own signature, does not inherit it."""
+        original = vars(cls)["__aiotrace_original__"]
+        if original is None:
+            raise AttributeError("__wrapped__")
+        return original
+
+    @property
+    def __signature__(cls) -> Any:
+        """The stdlib class's signature, for ``inspect.signature``, which stopped following a
+        class's ``__wrapped__`` (CPython 3.15 ``inspect.unwrap`` skips classes; 3.11 follows)."""
+        import inspect
+
+        return inspect.signature(cls.__wrapped__)
 
     def __instancecheck__(cls, obj: object) -> bool:
         original = vars(cls)["__aiotrace_original__"]
