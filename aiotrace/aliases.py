@@ -8,6 +8,12 @@ code that already holds stdlib objects: ``isinstance(x, asyncio.Queue)`` and
 before ``install()`` (or a stdlib ``PriorityQueue``, which subclasses the original ``Queue``)
 still passes the checks libraries make. The ``Propagating*`` classes themselves make no such
 claim: ``isinstance(asyncio_queue, PropagatingQueue)`` stays false.
+
+An alias also carries the stdlib class's ``__module__``, ``__qualname__`` and ``__doc__``, and
+its metaclass gives it the stdlib class's ``__signature__`` and ``__wrapped__``:
+``repr(asyncio.Queue)``, instance reprs and pickles name ``asyncio.queues.Queue`` as without
+aiotrace (the reasons are in tests/test_introspection.py). ``type(asyncio.Queue)`` is this
+module's ``StdlibAlias``.
 """
 
 from __future__ import annotations
