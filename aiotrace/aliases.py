@@ -19,12 +19,13 @@ module's ``StdlibAlias``.
 from __future__ import annotations
 
 import asyncio
+import copyreg
 import sys
 from typing import Any, Dict, Optional, Tuple
 
 from . import locks, queues, tasks
 
-__all__ = ["ALIASES"]
+__all__ = ["ALIASES", "keep_picklable"]
 
 
 class StdlibAlias(type):
@@ -131,6 +132,31 @@ class Condition(
     locks.PropagatingCondition, metaclass=StdlibAlias, original=asyncio.locks.Condition
 ):
     __doc__ = asyncio.locks.Condition.__doc__
+
+
+def _by_alias_name(name: str) -> type:
+    """Loads an alias that was pickled while it was not installed (see :func:`_reduce`)."""
+    return ALIASES[name]
+
+
+def _reduce(cls: StdlibAlias) -> Any:
+    """How pickle stores an alias class (and so each instance's class): by reference under the
+    stdlib name while that name leads to it (installed), as without aiotrace; under its own
+    name in this module otherwise (after ``uninstall()``, for an object made before). A user's
+    subclass of an alias is stored as any class is."""
+    name = cls.__qualname__
+    if vars(cls)["__aiotrace_original__"] is None or (
+        getattr(sys.modules.get(cls.__module__), name, None) is cls
+    ):
+        return name
+    return (_by_alias_name, (cls.__name__,))
+
+
+def keep_picklable() -> None:
+    """Register :func:`_reduce` with ``copyreg`` for the alias classes; called by
+    ``install()`` (importing this module changes nothing outside it)."""
+    if copyreg.dispatch_table.get(StdlibAlias) is not _reduce:
+        copyreg.pickle(StdlibAlias, _reduce)
 
 
 ALIASES: Dict[str, type] = {

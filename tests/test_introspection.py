@@ -25,8 +25,8 @@ aiotrace's class is still visible where one looks for it: ``type(asyncio.Queue)`
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures.process  # noqa: F401 - so that the process pool's patch applies
 import importlib
+import importlib.util
 import inspect
 import pickle
 import sys
@@ -123,11 +123,18 @@ def _profile(owner: Any, attribute: str) -> Dict[str, Any]:
     return profile
 
 
+def _installed(owner: str) -> bool:
+    """Whether the library ``owner`` belongs to is installed (uvloop is in the test extra)."""
+    return importlib.util.find_spec(owner.partition(":")[0].partition(".")[0]) is not None
+
+
 def _walk() -> Dict[Tuple[str, str], Dict[str, Any]]:
+    # Resolving an owner imports its module, so the patches that wait for their module to be
+    # imported (``if_imported``: uvloop's, the process pool's) apply at install() below.
     return {
         (patch.owner, patch.attribute): _profile(_owner(patch.owner), patch.attribute)
         for patch in registry.PATCHES
-        if uvloop is not None or not patch.owner.startswith("uvloop")
+        if _installed(patch.owner)
     }
 
 
@@ -199,3 +206,51 @@ def test_create_server_adds_no_frame_to_the_await_chain() -> None:
     assert frames[0][0] == "serve" and frames[1][0] == "create_server", frames
     assert frames[1][1] == asyncio.base_events.__file__, frames
     assert all(filename != aiotrace.servers.__file__ for _, filename in frames), frames
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 10), reason="stock asyncio queues pickle from 3.10 on (3.8: WeakSet)"
+)
+def test_a_queue_holding_items_pickles_as_a_stock_one() -> None:
+    """A stock queue with items pickles (CPython 3.10-3.15, run here); an installed one with an
+    item put under a span must too. The producers' contexts stay in this process (an SDK span
+    holds a lock, and a context means nothing elsewhere): a copy knows none, as for items put
+    before install(). The pickle names ``asyncio.queues.Queue``: it loads as the stock class
+    without aiotrace, and a stock queue's pickle loads as aiotrace's class with it."""
+    from opentelemetry import trace
+
+    aiotrace.install()
+
+    async def filled() -> Any:
+        queue = asyncio.Queue()
+        with trace.get_tracer("test").start_as_current_span("producer"):
+            queue.put_nowait("item")
+        return queue
+
+    queue = asyncio.run(filled())
+    data = pickle.dumps(queue)
+    copy = pickle.loads(data)
+    assert type(copy) is asyncio.Queue and copy.get_nowait() == "item"
+
+    aiotrace.uninstall()
+    stock_copy = pickle.loads(data)
+    assert type(stock_copy) is asyncio.queues.Queue and stock_copy.get_nowait() == "item"
+    assert not any(name.startswith("_aiotrace") for name in vars(stock_copy))
+
+    stock = asyncio.Queue()
+    stock.put_nowait("stock item")
+    stock_data = pickle.dumps(stock)
+    aiotrace.install()
+    ours = pickle.loads(stock_data)
+    assert type(ours) is asyncio.Queue and isinstance(ours, aiotrace.PropagatingQueue)
+    ours.put_nowait("next")
+    assert [ours.get_nowait(), ours.get_nowait()] == ["stock item", "next"]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 10), reason="stock asyncio locks pickle from 3.10 on")
+def test_an_instance_made_while_installed_still_pickles_after_uninstall() -> None:
+    aiotrace.install()
+    lock = asyncio.Lock()
+    aiotrace.uninstall()
+    assert type(pickle.loads(pickle.dumps(lock))) is type(lock)
+    assert pickle.loads(pickle.dumps(type(lock))) is type(lock)
