@@ -91,7 +91,8 @@ def test_the_helper_turned_on_by_the_suite(
         # aiotrace before pytest marks ``aiotrace.testing`` for rewriting.
         args = [
             "-c",
-            "import asyncio, sys, pytest\n"
+            "import asyncio, os, sys, pytest\n"
+            "assert ('aiotrace' in sys.modules) == bool(os.environ['AIOTRACE_ENABLE'])\n"
             "sys.exit(pytest.main(['-p', 'no:cacheprovider', '-p', 'aiotrace.testing']))",
         ]
     done = venv.run(*args, env={"AIOTRACE_ENABLE": enable}, cwd=tmp_path)
