@@ -17,10 +17,10 @@ so there the replacement is an ``async def`` that awaits the original: one frame
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import sys
-from asyncio.coroutines import _is_coroutine as _IS_COROUTINE  # type: ignore[attr-defined]
 from typing import Any, Callable, Optional, TypeVar
 
 __all__ = ["MARKS_COROUTINE_FUNCTIONS", "coroutine_function_like", "like"]
@@ -28,6 +28,9 @@ __all__ = ["MARKS_COROUTINE_FUNCTIONS", "coroutine_function_like", "like"]
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 MARKS_COROUTINE_FUNCTIONS = sys.version_info >= (3, 12)
+# The marker ``asyncio.iscoroutinefunction`` accepts besides ``inspect``'s answer (CPython
+# 3.8-3.15, read in their ``asyncio/coroutines.py``); None if a later Python drops it.
+_IS_COROUTINE = getattr(asyncio.coroutines, "_is_coroutine", None)
 
 
 def like(original: Any) -> Callable[[_F], _F]:
@@ -40,10 +43,10 @@ def like(original: Any) -> Callable[[_F], _F]:
 
 
 def _asyncio_iscoroutinefunction(func: Any) -> bool:
-    # Deprecated from 3.14 on; what older code, and ``unittest.mock`` before 3.12, still ask.
-    return getattr(func, "_is_coroutine", None) is _IS_COROUTINE or inspect.iscoroutinefunction(
-        func
-    )
+    # ``asyncio.iscoroutinefunction`` (deprecated from 3.14 on), which older code, and
+    # ``unittest.mock`` before 3.12, still ask.
+    marked = _IS_COROUTINE is not None and getattr(func, "_is_coroutine", None) is _IS_COROUTINE
+    return marked or inspect.iscoroutinefunction(func)
 
 
 def coroutine_function_like(
@@ -58,7 +61,7 @@ def coroutine_function_like(
     ``async def`` doing the same (by default one that awaits ``returning``'s coroutine), used
     only before Python 3.12 for an original that ``inspect`` calls a coroutine function.
     uvloop's Cython methods are coroutine functions for ``asyncio`` only on Python 3.8 (its
-    ``_is_coroutine`` marker, checked here), for both on 3.11.
+    ``_is_coroutine`` marker), for both on 3.11 (both checked by running).
     """
     replacement = returning
     if inspect.iscoroutinefunction(original):
@@ -71,6 +74,10 @@ def coroutine_function_like(
             async def replacement(*args: Any, **kwargs: Any) -> Any:
                 return await returning(*args, **kwargs)
 
-    if _asyncio_iscoroutinefunction(original) and not _asyncio_iscoroutinefunction(replacement):
+    if (
+        _IS_COROUTINE is not None
+        and _asyncio_iscoroutinefunction(original)
+        and not _asyncio_iscoroutinefunction(replacement)
+    ):
         replacement._is_coroutine = _IS_COROUTINE  # type: ignore[attr-defined]
     return like(original)(replacement)
