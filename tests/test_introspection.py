@@ -32,7 +32,7 @@ import pickle
 import sys
 import traceback
 import warnings
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 from unittest import mock
 
 import pytest
@@ -254,3 +254,35 @@ def test_an_instance_made_while_installed_still_pickles_after_uninstall() -> Non
     aiotrace.uninstall()
     assert type(pickle.loads(pickle.dumps(lock))) is type(lock)
     assert pickle.loads(pickle.dumps(type(lock))) is type(lock)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="asyncio.capture_call_graph: 3.14+")
+def test_the_call_graph_of_a_task_in_create_server_is_the_stock_one() -> None:
+    """``asyncio.capture_call_graph`` of a task suspended inside ``loop.create_server`` lists
+    the same coroutines with aiotrace installed as without (seen on 3.14 and 3.15:
+    ``BaseEventLoop.create_server`` awaited by the task's own coroutine)."""
+
+    async def call_stack() -> List[str]:
+        loop = asyncio.get_running_loop()
+        gate = asyncio.Event()
+
+        async def held(*args: Any, **kwargs: Any) -> Any:
+            await gate.wait()
+            raise OSError("stop here")
+
+        async def serve() -> None:
+            await loop.create_server(asyncio.Protocol, "127.0.0.1", 0)
+
+        with mock.patch.object(loop, "_ensure_resolved", held):
+            task = asyncio.create_task(serve())
+            await asyncio.sleep(0)  # one step: the task is now suspended in ``held``
+            graph = asyncio.capture_call_graph(task)
+            gate.set()
+            with pytest.raises(OSError):
+                await task
+        return [entry.frame.f_code.co_qualname for entry in graph.call_stack]
+
+    stock = asyncio.run(call_stack())
+    aiotrace.install()
+    assert asyncio.run(call_stack()) == stock
+    assert "BaseEventLoop.create_server" in stock
