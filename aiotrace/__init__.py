@@ -5,10 +5,6 @@ Importing this package changes nothing: it neither patches asyncio nor reads the
 install that waited for this package to load).
 Use the explicit classes and functions below, or call :func:`install` to put them in place of
 asyncio's own (and :func:`uninstall` to put asyncio's back).
-
-PYTEST_DONT_REWRITE: pytest would rewrite this package (its distribution holds a pytest plugin,
-aiotrace.testing), but the start-up hook may import it before pytest can, as soon as something
-imports asyncio (on 3.8-3.10 pytest itself does, through unittest); it has no assertions.
 """
 
 from __future__ import annotations

@@ -8,17 +8,24 @@ code that already holds stdlib objects: ``isinstance(x, asyncio.Queue)`` and
 before ``install()`` (or a stdlib ``PriorityQueue``, which subclasses the original ``Queue``)
 still passes the checks libraries make. The ``Propagating*`` classes themselves make no such
 claim: ``isinstance(asyncio_queue, PropagatingQueue)`` stays false.
+
+An alias also carries the stdlib class's ``__module__``, ``__qualname__`` and ``__doc__``, and
+its metaclass gives it the stdlib class's ``__signature__`` and ``__wrapped__``:
+``repr(asyncio.Queue)``, instance reprs and pickles name ``asyncio.queues.Queue`` as without
+aiotrace (the reasons are in tests/test_introspection.py). ``type(asyncio.Queue)`` is this
+module's ``StdlibAlias``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copyreg
 import sys
 from typing import Any, Dict, Optional, Tuple
 
 from . import locks, queues, tasks
 
-__all__ = ["ALIASES"]
+__all__ = ["ALIASES", "keep_picklable"]
 
 
 class StdlibAlias(type):
@@ -36,6 +43,11 @@ class StdlibAlias(type):
         original: Optional[type] = None,
     ) -> StdlibAlias:
         namespace["__aiotrace_original__"] = original
+        if original is not None:
+            # What introspection, reprs and pickle see: the stdlib class's own names (see the
+            # module docstring).
+            namespace["__module__"] = original.__module__
+            namespace["__qualname__"] = original.__qualname__
         return super().__new__(mcs, name, bases, namespace)
 
     def __init__(
@@ -46,6 +58,24 @@ class StdlibAlias(type):
         original: Optional[type] = None,
     ) -> None:
         super().__init__(name, bases, namespace)
+
+    @property
+    def __wrapped__(cls) -> type:
+        """The stdlib class an alias stands in for (``inspect.signature`` reports its
+        signature). A property of the metaclass, so that a user's subclass of an alias, which
+        has its own signature, does not inherit it."""
+        original = vars(cls)["__aiotrace_original__"]
+        if original is None:
+            raise AttributeError("__wrapped__")
+        return original
+
+    @property
+    def __signature__(cls) -> Any:
+        """The stdlib class's signature, for ``inspect.signature``, which stopped following a
+        class's ``__wrapped__`` (CPython 3.15 ``inspect.unwrap`` skips classes; 3.11 follows)."""
+        import inspect
+
+        return inspect.signature(cls.__wrapped__)
 
     def __instancecheck__(cls, obj: object) -> bool:
         original = vars(cls)["__aiotrace_original__"]
@@ -102,6 +132,31 @@ class Condition(
     locks.PropagatingCondition, metaclass=StdlibAlias, original=asyncio.locks.Condition
 ):
     __doc__ = asyncio.locks.Condition.__doc__
+
+
+def _by_alias_name(name: str) -> type:
+    """Loads an alias that was pickled while it was not installed (see :func:`_reduce`)."""
+    return ALIASES[name]
+
+
+def _reduce(cls: StdlibAlias) -> Any:
+    """How pickle stores an alias class (and so each instance's class): by reference under the
+    stdlib name while that name leads to it (installed), as without aiotrace; under its own
+    name in this module otherwise (after ``uninstall()``, for an object made before). A user's
+    subclass of an alias is stored as any class is."""
+    name = cls.__qualname__
+    if vars(cls)["__aiotrace_original__"] is None or (
+        getattr(sys.modules.get(cls.__module__), name, None) is cls
+    ):
+        return name
+    return (_by_alias_name, (cls.__name__,))
+
+
+def keep_picklable() -> None:
+    """Register :func:`_reduce` with ``copyreg`` for the alias classes; called by
+    ``install()`` (importing this module changes nothing outside it)."""
+    if copyreg.dispatch_table.get(StdlibAlias) is not _reduce:
+        copyreg.pickle(StdlibAlias, _reduce)
 
 
 ALIASES: Dict[str, type] = {

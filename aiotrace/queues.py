@@ -29,7 +29,7 @@ import asyncio
 import collections
 import heapq
 import weakref
-from typing import Any, AsyncContextManager, Optional, Tuple, Type
+from typing import Any, AsyncContextManager, Dict, Optional, Tuple, Type
 
 from ._otel import Context, attach, get_current, restore
 
@@ -59,11 +59,31 @@ class PropagatingQueue(asyncio.queues.Queue):  # type: ignore[type-arg]
         # class attribute of the same name stops the interpreter from specialising the store
         # in ``_get`` (measured: 0.4 µs more per item on 3.13).
         self._aiotrace_last: Optional[Context] = None
-        if type(self)._get in _CONTEXT_KEEPING_GETS:
-            self._aiotrace_producers = self._aiotrace_store()
-        else:
-            self._aiotrace_producers = self._aiotrace_bounded_store(weakref.ref(self))
+        self._aiotrace_producers = self._aiotrace_new_store()
         super().__init__(maxsize, **kwargs)
+
+    def _aiotrace_new_store(self) -> Any:
+        if type(self)._get in _CONTEXT_KEEPING_GETS:
+            return self._aiotrace_store()
+        return self._aiotrace_bounded_store(weakref.ref(self))
+
+    # -- pickling and copying: the stdlib queue's own state --------------------------------------
+
+    def __getstate__(self) -> Dict[str, Any]:
+        """The stdlib queue's state, without the producers' contexts: they stay in this process
+        (an SDK span holds a lock; a context means nothing in another process), and a copy
+        shares none with its original. The copy knows no item's producer, as for items put
+        before ``install()``."""
+        state = self.__dict__.copy()
+        state.pop("_aiotrace_producers", None)
+        state.pop("_aiotrace_last", None)
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        """Also for a stock queue's state (pickled without aiotrace, loaded with it)."""
+        self.__dict__.update(state)
+        self._aiotrace_last = None
+        self._aiotrace_producers = self._aiotrace_new_store()
 
     @staticmethod
     def _aiotrace_store() -> Any:

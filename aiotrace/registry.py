@@ -58,8 +58,9 @@ class Patch:
 
 def _alias(name: str) -> Callable[[Any], Any]:
     def make(original: Any) -> Any:
-        from .aliases import ALIASES
+        from .aliases import ALIASES, keep_picklable
 
+        keep_picklable()
         alias = ALIASES[name]
         if original is not alias.__aiotrace_original__:
             raise _Foreign(original)

@@ -28,9 +28,9 @@ after ``import uvloop``).
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
+from ._lookalike import coroutine_function_like
 from ._otel import Context, attach, get_current
 
 __all__ = ["clean_factory", "patched_create_server"]
@@ -61,13 +61,14 @@ def patched_create_server(original: Callable[..., Any]) -> Callable[..., Any]:
     """``loop.create_server``/``create_unix_server`` whose connections start with an empty
     OpenTelemetry context; what :func:`aiotrace.install` puts in place of ``original``.
 
-    Returns ``original``'s own coroutine, so nothing else about the call changes.
+    A coroutine function like ``original`` (``unittest.mock.create_autospec`` builds an
+    ``AsyncMock`` of it, as aiohttp's tests expect) that returns ``original``'s own coroutine
+    from Python 3.12 on, so nothing else about the call changes (see :mod:`aiotrace._lookalike`).
     """
 
-    @functools.wraps(original)
     def create_server(
         self: Any, protocol_factory: Callable[[], Any], *args: Any, **kwargs: Any
     ) -> Any:
         return original(self, clean_factory(protocol_factory), *args, **kwargs)
 
-    return create_server
+    return coroutine_function_like(original, create_server)

@@ -18,6 +18,7 @@ import inspect
 import sys
 from typing import Any, Callable, Coroutine, Mapping, Optional, Tuple, TypeVar
 
+from ._lookalike import like
 from ._otel import Context, context_with, get_current
 
 __all__ = ["PropagatingTaskGroup", "create_task_with_context", "linked_root", "spawn_in"]
@@ -178,9 +179,7 @@ def patched_create_task(original: Callable[..., asyncio.Task[Any]]) -> Callable[
                 return original(coro, name=name)
             return spawn_in(original, coro, otel_ctx, {"name": name})
 
-    create_task.__doc__ = original.__doc__
-    create_task.__wrapped__ = original  # type: ignore[attr-defined]
-    return create_task
+    return like(original)(create_task)
 
 
 if sys.version_info >= (3, 11):

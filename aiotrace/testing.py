@@ -2,9 +2,12 @@
 
 Context bugs do not fail loudly; they show up as spans in the wrong trace. The useful test is
 therefore about the tree (``{"request": {"db": {}, "render": {}}}``), not about single spans,
-and writing that by hand from a flat exporter list is tedious. Installing aiotrace registers
-this module as the pytest plugin ``aiotrace`` (``pytest11`` entry point; ``-p no:aiotrace``
-turns it off). It provides two fixtures:
+and writing that by hand from a flat exporter list is tedious. A suite turns this plugin on
+itself, with ``pytest -p aiotrace.testing`` or ``pytest_plugins = ["aiotrace.testing"]`` in its
+root ``conftest.py``. Installing aiotrace registers nothing: a ``pytest11`` entry point would
+make pytest mark every top-level module of the distribution for assertion rewriting, among them
+``aiotrace_boot``, which the start-up hook has already imported, and every suite of the
+environment run with ``-W error`` would then stop at start-up. It provides two fixtures:
 
 - ``otel_exporter``: an ``InMemorySpanExporter`` that receives every span the global tracer
   provider finishes, emptied before and after each test;

@@ -21,6 +21,8 @@ from __future__ import annotations
 import contextvars
 from typing import Any, Callable, Optional
 
+from ._lookalike import like
+
 __all__ = ["patched_pause_reading", "patched_resume_reading", "patched_ssl_resume_reading"]
 
 Method = Callable[[Any], None]
@@ -60,9 +62,7 @@ def patched_pause_reading(original: Method) -> Method:
         if context is not None and getattr(self, "_paused", False):  # it really paused
             self._aiotrace_context = context
 
-    pause_reading.__doc__ = original.__doc__
-    pause_reading.__wrapped__ = original  # type: ignore[attr-defined]
-    return pause_reading
+    return like(original)(pause_reading)
 
 
 def patched_resume_reading(original: Method) -> Method:
@@ -82,9 +82,7 @@ def patched_resume_reading(original: Method) -> Method:
             # A copy: the remembered context may be the one running right now.
             context.copy().run(original, self)
 
-    resume_reading.__doc__ = original.__doc__
-    resume_reading.__wrapped__ = original  # type: ignore[attr-defined]
-    return resume_reading
+    return like(original)(resume_reading)
 
 
 def patched_ssl_resume_reading(original: Method) -> Method:
@@ -101,5 +99,4 @@ def patched_ssl_resume_reading(original: Method) -> Method:
         else:
             context.copy().run(original, self)
 
-    _resume_reading.__wrapped__ = original  # type: ignore[attr-defined]
-    return _resume_reading
+    return like(original)(_resume_reading)

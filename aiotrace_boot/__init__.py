@@ -14,10 +14,6 @@ global site-packages" twice), and a program may also call :func:`start` itself.
 
 No exception leaves :func:`start`: a start-up hook must never change how an application runs or
 fails. Whatever goes wrong is reported as one line on stderr, and aiotrace stays off.
-
-PYTEST_DONT_REWRITE: pytest marks every package of a plugin's distribution for assertion
-rewriting (aiotrace.testing is a plugin); this one has no assertions and is imported at start-up,
-before pytest could rewrite it, which pytest would otherwise report as a warning.
 """
 
 import os

@@ -174,6 +174,17 @@ class Environments:
         return self._get("hooks", make)
 
     @property
+    def with_pytest(self) -> Venv:
+        """The wheel, the OpenTelemetry SDK and pytest: another project's test environment."""
+
+        def make() -> Venv:
+            venv = _new_venv(self.base / "with-pytest")
+            _install(venv, str(self.wheel), "opentelemetry-sdk", "pytest")
+            return venv
+
+        return self._get("with_pytest", make)
+
+    @property
     def no_otel(self) -> Venv:
         """The wheel alone, without its dependencies: OpenTelemetry is missing."""
 

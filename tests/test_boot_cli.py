@@ -38,8 +38,8 @@ def test_version(capsys: pytest.CaptureFixture) -> None:
 
 
 def test_python_dash_m_aiotrace_is_the_same_command() -> None:
-    # Run as ``python -m aiotrace`` by test_boot_start; runpy cannot run it in this process
-    # when pytest rewrites aiotrace's modules (it is a pytest plugin: aiotrace.testing).
+    # Run as ``python -m aiotrace`` by test_boot_start; not with runpy here, which warns when
+    # ``aiotrace.__main__`` is already imported, as it may be in this session.
     import aiotrace.__main__ as dunder_main
 
     assert dunder_main.main is cli.main

@@ -14,8 +14,9 @@ from bootenv import Environments, Venv, cleanup, environments, write
 pytestmark = pytest.mark.boot
 
 # Prints, as JSON, what the bootstrapper changed: which modules were imported before the app's
-# first line, the class ``from asyncio import Queue`` gets, whether a span opened in a
-# run_in_executor job nests under its caller, and the app's argv and __name__.
+# first line, the module of the metaclass of the class ``from asyncio import Queue`` gets
+# (``aiotrace.aliases`` for aiotrace's, which carries asyncio's own ``__module__``), whether a
+# span opened in a run_in_executor job nests under its caller, and the app's argv and __name__.
 APP = """\
 import sys
 watched = ("asyncio", "opentelemetry", "aiotrace", "aiotrace_boot")
@@ -38,7 +39,7 @@ async def main():
         return parent == caller.get_span_context().span_id
 
 nested = asyncio.run(main())
-print(json.dumps({"early": early, "queue": Queue.__module__, "nested": nested,
+print(json.dumps({"early": early, "queue": type(Queue).__module__, "nested": nested,
                   "argv": sys.argv, "name": __name__}))
 sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 0)
 """
@@ -81,9 +82,9 @@ def test_editable_and_source_installs_work_too(envs: Environments, app: Path, in
     venv = getattr(envs, install)
     assert (venv.site_packages / "aiotrace.pth").is_file()
     assert (venv.site_packages / "aiotrace.start").is_file()
-    code = "import asyncio; print(asyncio.Queue.__module__)"
+    code = "import asyncio; print(type(asyncio.Queue).__module__)"
     assert venv.run("-c", code, env=ENABLED).stdout.split() == ["aiotrace.aliases"]
-    assert venv.run("-c", code).stdout.split() == ["asyncio.queues"]
+    assert venv.run("-c", code).stdout.split() == ["builtins"]
 
 
 def test_unset_changes_nothing_and_imports_nothing(venv: Venv, app: Path) -> None:
@@ -91,7 +92,7 @@ def test_unset_changes_nothing_and_imports_nothing(venv: Venv, app: Path) -> Non
     assert done.stderr == ""
     assert result(done) == {
         "early": [],
-        "queue": "asyncio.queues",
+        "queue": "builtins",
         "nested": False,  # stock asyncio loses the span in run_in_executor
         "argv": ["app.py"],
         "name": "__main__",
@@ -113,7 +114,7 @@ def test_false_value_switches_it_off(venv: Venv, app: Path) -> None:
     # Every spelling is checked in-process (test_boot_cli); this is the one a child would get.
     done = venv.run("app.py", env={"AIOTRACE_ENABLE": "0"}, cwd=app)
     assert done.stderr == ""
-    assert result(done)["queue"] == "asyncio.queues"
+    assert result(done)["queue"] == "builtins"
 
 
 def test_bad_values_warn_once_each_and_the_app_runs(venv: Venv, app: Path) -> None:
@@ -144,7 +145,7 @@ def test_bad_values_warn_once_each_and_the_app_runs(venv: Venv, app: Path) -> No
 
 def test_bad_enable_value_warns_and_stays_off(venv: Venv, app: Path) -> None:
     done = venv.run("app.py", env={"AIOTRACE_ENABLE": "ture"}, cwd=app)
-    assert result(done)["queue"] == "asyncio.queues"
+    assert result(done)["queue"] == "builtins"
     assert done.stderr.splitlines() == [
         "aiotrace: AIOTRACE_ENABLE='ture' is not a boolean; accepted: 1, true, yes, on, 0, "
         "false, no, off (any case); using false"
@@ -160,7 +161,7 @@ def test_debug_says_one_line_per_patch_and_honours_the_switches(venv: Venv, app:
     }
     done = venv.run("app.py", env=env, cwd=app)
     out = result(done)
-    assert out["queue"] == "asyncio.queues" and out["nested"] is True
+    assert out["queue"] == "builtins" and out["nested"] is True
     lines = done.stderr.splitlines()
     assert "aiotrace: patched concurrent.futures.thread.ThreadPoolExecutor.submit" in lines
     assert "aiotrace: patched asyncio.create_task" in lines
@@ -209,7 +210,7 @@ def test_run_without_a_site_packages_install_runs_the_target_in_process(
     assert out["argv"] == ["app.py", "3"] and out["name"] == "__main__"
     assert out["queue"] == "aiotrace.aliases" and out["nested"] is True
     plain = envs.bare.run("app.py", cwd=app, env={**env, **ENABLED})
-    assert result(plain)["queue"] == "asyncio.queues"  # the .pth is not read from PYTHONPATH
+    assert result(plain)["queue"] == "builtins"  # the .pth is not read from PYTHONPATH
 
 
 def test_subprocess_inherits_from_run(venv: Venv, tmp_path: Path) -> None:
@@ -218,7 +219,7 @@ def test_subprocess_inherits_from_run(venv: Venv, tmp_path: Path) -> None:
         {
             "parent.py": (
                 "import subprocess, sys\n"
-                "code = 'import asyncio; print(asyncio.Queue.__module__)'\n"
+                "code = 'import asyncio; print(type(asyncio.Queue).__module__)'\n"
                 "subprocess.run([sys.executable, '-c', code], check=True)\n"
             )
         },
@@ -259,20 +260,23 @@ def test_a_late_start_call_installs_at_once_and_rebinds_captured_names(venv: Ven
         "m = types.ModuleType('captured'); m.Queue = asyncio.Queue; sys.modules['captured'] = m\n"
         "os.environ['AIOTRACE_ENABLE'] = '1'\n"
         "import aiotrace_boot; aiotrace_boot.start()\n"
-        "print(asyncio.Queue.__module__, m.Queue.__module__)\n"
+        "print(type(asyncio.Queue).__module__, type(m.Queue).__module__)\n"
         "import aiotrace; aiotrace.uninstall()\n"
-        "print(asyncio.Queue.__module__, m.Queue.__module__)\n"
+        "print(type(asyncio.Queue).__module__, type(m.Queue).__module__)\n"
     )
     done = venv.run("-c", code)
     assert done.stdout.splitlines() == [
         "aiotrace.aliases aiotrace.aliases",
-        "asyncio.queues asyncio.queues",
+        "builtins builtins",
     ], done.stderr
 
 
 def test_importing_aiotrace_first_still_installs(venv: Venv) -> None:
     # aiotrace itself imports asyncio; install waits until the package has finished loading.
-    code = "import aiotrace, asyncio; print(asyncio.Queue.__module__, sorted(aiotrace.installed()))"
+    code = (
+        "import aiotrace, asyncio\n"
+        "print(type(asyncio.Queue).__module__, sorted(aiotrace.installed()))"
+    )
     done = venv.run("-c", code, env=ENABLED)
     assert done.stderr == ""
     assert done.stdout.startswith("aiotrace.aliases "), done.stdout

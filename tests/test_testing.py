@@ -31,14 +31,7 @@ def test_each_test_starts_empty(otel_spans, otel_exporter):
 
 
 def _plugin_args() -> list:
-    """``-p aiotrace.testing`` unless the installed entry point already loads the plugin
-    (registering one module under two names is an error in pytest)."""
-    from importlib.metadata import entry_points
-
-    eps = entry_points()
-    found = eps.select(group="pytest11") if hasattr(eps, "select") else eps.get("pytest11", ())
-    if any(ep.value == "aiotrace.testing" for ep in found):
-        return []
+    """How a suite turns the plugin on: it is never registered by installing aiotrace."""
     return ["-p", "aiotrace.testing"]
 
 
@@ -105,9 +98,15 @@ def test_in_this_process_the_plugin_shares_the_suites_provider(pytester: pytest.
     result.assert_outcomes(passed=2)
 
 
-def test_the_plugin_can_be_switched_off(pytester: pytest.Pytester) -> None:
+def test_the_plugin_is_off_unless_a_suite_asks_for_it(pytester: pytest.Pytester) -> None:
     pytester.makepyfile(test_suite=SUITE)
-    # Installed: the entry point loads it unless told not to. Not installed: nothing loads it.
-    result = pytester.runpytest_subprocess(*([] if _plugin_args() else ["-p", "no:aiotrace"]))
+    result = pytester.runpytest_subprocess()
     result.assert_outcomes(errors=2)
     result.stdout.fnmatch_lines(["*fixture 'otel_spans' not found*"])
+
+
+def test_a_conftest_turns_the_plugin_on(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest('pytest_plugins = ["aiotrace.testing"]')
+    pytester.makepyfile(test_suite=SUITE)
+    result = pytester.runpytest_subprocess("-W", "error")
+    result.assert_outcomes(passed=2)
