@@ -262,6 +262,9 @@ class _Applied:
 
 _lock = threading.RLock()
 _applied: Dict[Tuple[str, str], _Applied] = {}
+# The groups install() was asked for since the last uninstall(): applied again, for their
+# ``if_imported`` patches, when uvloop or the process pool loads later (see _install_wanted).
+_wanted: set = set()
 # Patches skipped because another library had already replaced the attribute: (where, found).
 conflicts: Dict[str, str] = {}
 
@@ -330,7 +333,9 @@ def install(
 
     ``patch_queue`` and ``patch_locks`` switch the queue classes and the lock-like primitives;
     ``exclude`` names further groups to leave alone (see ``PATCH_NAMES``). Calling it again never
-    removes a patch: call :func:`uninstall` first to narrow the set.
+    removes a patch: call :func:`uninstall` first to narrow the set. The patches of modules
+    imported later (uvloop's ``Loop``, ``ProcessPoolExecutor``) are applied when they load: an
+    import hook (``sys.meta_path``) calls install() again then, until :func:`uninstall`.
     """
     groups = selected(
         patch_queue,
@@ -379,8 +384,29 @@ def install(
             setattr(owner, patch.attribute, replacement)
             _applied[key] = _Applied(patch, owner, original, replacement, owned)
             logger.debug("aiotrace: patched %s", patch.where)
+        _wanted.update(groups)
         _sync_asyncgen_hooks()
+        _follow_late_modules()
         return _active()
+
+
+def _follow_late_modules() -> None:
+    # uvloop and the process pool are patched only once imported, and they are often imported
+    # after install(): ``uvicorn --loop uvloop`` under opentelemetry-instrument or the
+    # OpenTelemetry Operator's sitecustomize (whose instrumentor calls install() first), or an
+    # application that installs at start. The start-up hook's finder then installs again (the
+    # one mechanism, aiotrace_boot._hook); it is registered here unless it already is.
+    from aiotrace_boot import _hook
+
+    _hook.follow_late_modules(_install_wanted)
+
+
+def _install_wanted() -> FrozenSet[str]:
+    """:func:`install` again with the groups asked for so far (nothing after uninstall())."""
+    with _lock:
+        if not _wanted:
+            return _active()
+        return install(exclude=set(PATCH_NAMES).difference(_wanted), patch_threads=True)
 
 
 def _replacement(patch: Patch, original: Any) -> Any:
@@ -395,6 +421,7 @@ def _replacement(patch: Patch, original: Any) -> Any:
 def uninstall() -> None:
     """Put back every object :func:`install` replaced. Safe to call at any time, repeatedly."""
     with _lock:
+        _wanted.clear()
         _unbind()
         for key in reversed(list(_applied)):
             applied = _applied.pop(key)
