@@ -170,6 +170,8 @@ def _opentelemetry(report: _Report, environ: Mapping[str, str]) -> None:
         state = "broken: opentelemetry-instrumentation cannot be imported (see problems)"
     elif "aiotrace" in disabled or "*" in disabled:
         state = "disabled by OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
+    elif _instrumented():
+        state = "switched aiotrace on in this process"
     else:
         state = "available: opentelemetry-instrument switches aiotrace on"
     report.data["instrumentor"] = state
@@ -262,6 +264,11 @@ def _startup_hook(report: _Report, config: Config, site_dirs: Iterable[str]) -> 
         )
 
 
+def _instrumented() -> bool:
+    instrumentation = sys.modules.get(f"{__package__}.instrumentation")
+    return instrumentation is not None and instrumentation.instrumented()
+
+
 def _routes() -> List[str]:
     """What switched aiotrace on in this process: the start-up hook, the OpenTelemetry
     instrumentor, or (patches active and neither of those) install() from code."""
@@ -272,8 +279,7 @@ def _routes() -> List[str]:
     routes = []
     if aiotrace_boot.state()["hook_booted"]:
         routes.append("start-up hook")
-    instrumentation = sys.modules.get(f"{__package__}.instrumentation")
-    if instrumentation is not None and instrumentation.instrumented():
+    if _instrumented():
         routes.append("instrumentor")
     if registry.installed() and not routes:
         routes.append("install() from code")

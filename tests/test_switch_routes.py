@@ -116,6 +116,7 @@ def test_doctor_in_the_operator_layout(operator: Layout) -> None:
         done = operator.app.run("-m", "aiotrace", "doctor", "--json", env={**operator.env, **extra})
         assert done.returncode == 0, done.stdout + done.stderr
         data = json.loads(done.stdout)
+        assert data["instrumentor"] == "switched aiotrace on in this process"
         here = data["this_process"]
         assert here["switched_on_by"] == ["instrumentor"]
         assert "queue" in here["active_patches"]
