@@ -86,3 +86,27 @@ def lint(session: nox.Session) -> None:
     session.install("ruff==0.17.6")  # pinned: a new release may add findings
     session.run("ruff", "check", str(ROOT))
     session.run("ruff", "format", "--check", str(ROOT))
+
+
+# -- realstack (issue 14) -------------------------------------------------------------------
+REALSTACK_REQUIREMENTS = ROOT / "tests" / "realstack" / "requirements.txt"  # the pins
+nox.options.sessions.append("realstack")  # CI runs it with the others
+
+
+@nox.session(python="3.12")
+def realstack(session: nox.Session) -> None:
+    """The FastAPI/uvicorn service of tests/realstack with the real packages, on asyncio + h11
+    and uvloop + httptools, aiotrace off and on in its five ways (a few minutes)."""
+    # uv: tests/realstack builds the wheel and the Operator layout's --target directory.
+    _install(session, "test", "-r", str(REALSTACK_REQUIREMENTS), "uv")
+    with session.chdir(session.create_tmp()):
+        session.run(
+            "pytest",
+            "-c",
+            str(ROOT / "pyproject.toml"),
+            "--rootdir",
+            str(ROOT),
+            "-s",
+            str(ROOT / "tests" / "realstack"),
+            *session.posargs,
+        )

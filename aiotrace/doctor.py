@@ -170,6 +170,8 @@ def _opentelemetry(report: _Report, environ: Mapping[str, str]) -> None:
         state = "broken: opentelemetry-instrumentation cannot be imported (see problems)"
     elif "aiotrace" in disabled or "*" in disabled:
         state = "disabled by OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"
+    elif _instrumented():
+        state = "switched aiotrace on in this process"
     else:
         state = "available: opentelemetry-instrument switches aiotrace on"
     report.data["instrumentor"] = state
@@ -236,14 +238,23 @@ def _startup_hook(report: _Report, config: Config, site_dirs: Iterable[str]) -> 
         "files": files,
         "would_fire": installed_ok and enabled,
         "why_not": why_not,
-        "fired_in_this_process": bool(aiotrace_boot._booted),
+        "fired_in_this_process": aiotrace_boot.state()["hook_booted"],
     }
-    if enabled and not installed_ok:
+    others = [route for route in _routes() if route != "start-up hook"]
+    if not installed_ok and others:
+        # The OpenTelemetry Operator's layout: --target install on PYTHONPATH, no .pth read,
+        # OpenTelemetry's sitecustomize runs the instrumentor. aiotrace works without the hook.
+        report.problem(
+            "note",
+            f"the start-up hook cannot run here ({'; '.join(reasons)}), and is not needed: "
+            f"aiotrace was switched on in this process by the {' and '.join(others)}",
+        )
+    elif enabled and not installed_ok:
         report.problem(
             "error",
             f"AIOTRACE_ENABLE is on but the start-up hook cannot run: {'; '.join(reasons)} "
             "(installed with --target or on PYTHONPATH? install aiotrace into the environment, "
-            "or call aiotrace.install() in code)",
+            "run under opentelemetry-instrument, or call aiotrace.install() in code)",
         )
     elif not installed_ok:
         report.problem(
@@ -251,6 +262,28 @@ def _startup_hook(report: _Report, config: Config, site_dirs: Iterable[str]) -> 
             f"the start-up hook is not usable here ({'; '.join(reasons)}): AIOTRACE_ENABLE=1 "
             "would do nothing; `python -m aiotrace run` falls back to running in-process",
         )
+
+
+def _instrumented() -> bool:
+    instrumentation = sys.modules.get(f"{__package__}.instrumentation")
+    return instrumentation is not None and instrumentation.instrumented()
+
+
+def _routes() -> List[str]:
+    """What switched aiotrace on in this process: the start-up hook, the OpenTelemetry
+    instrumentor, or (patches active and neither of those) install() from code."""
+    import aiotrace_boot
+
+    from . import registry
+
+    routes = []
+    if aiotrace_boot.state()["hook_booted"]:
+        routes.append("start-up hook")
+    if _instrumented():
+        routes.append("instrumentor")
+    if registry.installed() and not routes:
+        routes.append("install() from code")
+    return routes
 
 
 def _this_process(report: _Report, environ: Mapping[str, str], config: Config) -> None:
@@ -264,9 +297,13 @@ def _this_process(report: _Report, environ: Mapping[str, str], config: Config) -
     }
     import aiotrace_boot
 
-    value = environ.get("AIOTRACE_ENABLE", "")
-    hook_ran = value in aiotrace_boot._seen
-    if config.enabled and hook_ran and not active:
+    state = aiotrace_boot.state(environ)
+    report.data["this_process"]["switched_on_by"] = _routes()
+    report.data["this_process"]["late_modules"] = {
+        "patched_on_import_by": state["late_modules"] if active else None,
+        "not_imported_yet": state["late_modules_waiting"],
+    }
+    if config.enabled and state["hook_ran"] and not active:
         report.problem(
             "error",
             "the start-up hook ran in this process but aiotrace did not install "
@@ -313,16 +350,9 @@ def _conflicts(report: _Report) -> None:
     if "uvloop" in sys.modules and uvloop_missed:
         report.problem(
             "warning",
-            f"uvloop was imported after aiotrace.install(): uvloop.Loop is without the "
-            f"{' and '.join(uvloop_missed)} patches; call aiotrace.install() again after "
-            "importing uvloop",
-        )
-    elif _version("uvloop") is not None:
-        report.problem(
-            "note",
-            "uvloop is installed: aiotrace patches uvloop.Loop's servers and async generator "
-            "hooks only if uvloop is imported before aiotrace.install() (or install() runs "
-            "again after it)",
+            f"uvloop was imported after aiotrace.install() without its import hook: "
+            f"uvloop.Loop is without the {' and '.join(uvloop_missed)} patches; call "
+            "aiotrace.install() again after importing uvloop",
         )
     report.data["conflicts"] = found
 
@@ -396,7 +426,16 @@ def render(data: Mapping[str, Any]) -> str:
 
     here = data["this_process"]
     lines.append("this process")
-    rows = [("active patches", _listing(here["active_patches"]))]
+    late = here["late_modules"]
+    rows = [
+        ("switched on by", _listing(here["switched_on_by"]) if here["switched_on_by"] else "-"),
+        ("active patches", _listing(here["active_patches"])),
+    ]
+    if late["not_imported_yet"]:
+        by = late["patched_on_import_by"]
+        waiting = _listing(late["not_imported_yet"])
+        what = f"patched when imported ({by} import hook)" if by else "nothing patches them"
+        rows.append(("not imported yet", f"{waiting}: {what}"))
     rows += [
         (boundary, who or "nobody (new traces)")
         for boundary, who in here["thread_propagation"].items()

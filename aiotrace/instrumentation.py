@@ -18,13 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Collection, Dict, FrozenSet, Mapping, Optional
+from typing import Any, Collection, Dict, FrozenSet, List, Mapping, Optional
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
 from . import registry
 
-__all__ = ["AiotraceInstrumentor"]
+__all__ = ["AiotraceInstrumentor", "instrumented"]
 
 logger = logging.getLogger("aiotrace")
 
@@ -35,10 +35,10 @@ def _install_arguments(environ: Mapping[str, str]) -> Optional[Dict[str, Any]]:
     import aiotrace_boot
     from aiotrace_boot import _config
 
-    if environ.get("AIOTRACE_ENABLE", "").strip().lower() in _config._FALSE:
+    if _config.switch(environ.get("AIOTRACE_ENABLE", "")) == "off":
         return None
     # The start-up hook already read these variables and reported their bad values.
-    warn = (lambda message: None) if aiotrace_boot._booted else aiotrace_boot.warn
+    warn = (lambda message: None) if aiotrace_boot.state()["hook_booted"] else aiotrace_boot.warn
     # Parsed as if enabled, so that the other variables are read (and checked) the same way.
     config = _config.from_environ({**environ, "AIOTRACE_ENABLE": "1"}, warn)
     arguments, unknown = config.install_arguments(registry.PATCH_NAMES)
@@ -75,8 +75,10 @@ class AiotraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
             options = parsed
         before = registry.installed()
         self._installed_here = registry.install(**options) - before
+        _instrumented.append(True)
 
     def _uninstrument(self, **kwargs: Any) -> None:
+        _instrumented.clear()
         if self._installed_here:
             if registry.installed() == self._installed_here:
                 registry.uninstall()
@@ -84,6 +86,15 @@ class AiotraceInstrumentor(BaseInstrumentor):  # type: ignore[misc]
                 # uninstall() is all or nothing; patches someone else applied stay, so ours do.
                 logger.debug("aiotrace: patches applied elsewhere too; left installed")
             self._installed_here = frozenset()
+
+
+_instrumented: List[bool] = []  # non-empty while the instrumentor has aiotrace installed
+
+
+def instrumented() -> bool:
+    """True while the instrumentor has called :func:`aiotrace.install` in this process
+    (``opentelemetry-instrument``, OpenTelemetry's ``sitecustomize``, or ``instrument()``)."""
+    return bool(_instrumented)
 
 
 _INSTALL_OPTIONS = frozenset(

@@ -281,6 +281,9 @@ class _Applied:
 
 _lock = threading.RLock()
 _applied: Dict[Tuple[str, str], _Applied] = {}
+# The groups install() was asked for since the last uninstall(): applied again, for their
+# ``if_imported`` patches, when uvloop or the process pool loads later (see _install_wanted).
+_wanted: set = set()
 # Patches skipped because another library had already replaced the attribute: (where, found).
 conflicts: Dict[str, str] = {}
 
@@ -349,7 +352,9 @@ def install(
 
     ``patch_queue`` and ``patch_locks`` switch the queue classes and the lock-like primitives;
     ``exclude`` names further groups to leave alone (see ``PATCH_NAMES``). Calling it again never
-    removes a patch: call :func:`uninstall` first to narrow the set.
+    removes a patch: call :func:`uninstall` first to narrow the set. The patches of modules
+    imported later (uvloop's ``Loop``, ``ProcessPoolExecutor``) are applied when they load: an
+    import hook (``sys.meta_path``) calls install() again then, until :func:`uninstall`.
     """
     groups = selected(
         patch_queue,
@@ -372,6 +377,8 @@ def install(
             where = "the running loop's async generator hooks"
             syncing = True
             _sync_asyncgen_hooks()
+            where = "the finder that patches uvloop and process pools when they load"
+            _follow_late_modules()
         except BaseException as exc:
             _roll_back(done, syncing)
             conflicts.clear()
@@ -379,6 +386,7 @@ def install(
             if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: as they were
                 raise
             raise InstallError(where, exc, len(done)) from exc
+        _wanted.update(groups)
         return _active()
 
 
@@ -441,6 +449,25 @@ def _roll_back(done: List[Tuple[str, str]], synced: bool) -> None:
         logger.warning("aiotrace: could not resync the async generator hooks: %r", exc)
 
 
+def _follow_late_modules() -> None:
+    # uvloop and the process pool are patched only once imported, and they are often imported
+    # after install(): ``uvicorn --loop uvloop`` under opentelemetry-instrument or the
+    # OpenTelemetry Operator's sitecustomize (whose instrumentor calls install() first), or an
+    # application that installs at start. The start-up hook's finder then installs again (the
+    # one mechanism, aiotrace_boot._hook); it is registered here unless it already is.
+    from aiotrace_boot import _hook
+
+    _hook.follow_late_modules(_install_wanted)
+
+
+def _install_wanted() -> FrozenSet[str]:
+    """:func:`install` again with the groups asked for so far (nothing after uninstall())."""
+    with _lock:
+        if not _wanted:
+            return _active()
+        return install(exclude=set(PATCH_NAMES).difference(_wanted), patch_threads=True)
+
+
 def _replacement(patch: Patch, original: Any) -> Any:
     # One original reached under two names (``asyncio.create_task`` and
     # ``asyncio.tasks.create_task``) gets one replacement, so identity checks still agree.
@@ -453,6 +480,7 @@ def _replacement(patch: Patch, original: Any) -> Any:
 def uninstall() -> None:
     """Put back every object :func:`install` replaced. Safe to call at any time, repeatedly."""
     with _lock:
+        _wanted.clear()
         _unbind()
         for key in reversed(list(_applied)):
             _restore(_applied.pop(key))

@@ -20,7 +20,11 @@ import os
 import sys
 from _thread import allocate_lock
 
-__all__ = ["start"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Mapping, Optional
+
+__all__ = ["start", "state"]
 
 _lock = allocate_lock()
 _seen: set = set()  # AIOTRACE_ENABLE values already acted on ("1", "0", "ture", …)
@@ -48,6 +52,30 @@ def start() -> None:
             _booted.append(True)
     except Exception as exc:  # the host application must start regardless
         warn(f"not enabled: {type(exc).__name__}: {exc}")
+
+
+def state(environ: "Optional[Mapping[str, str]]" = None) -> dict:
+    """What the start-up machinery knows about this process (``aiotrace doctor`` and the
+    OpenTelemetry instrumentor read it; nothing at start-up calls it):
+
+    - ``variable``: ``AIOTRACE_ENABLE`` in ``environ`` (default ``os.environ``): ``"on"``,
+      ``"off"``, ``"unset"`` (or empty) or ``"invalid"`` (not a boolean: the hook stays off);
+    - ``hook_ran``: :func:`start` has acted on that value in this process;
+    - ``hook_booted``: the start-up hook set aiotrace up (it installs when asyncio loads);
+    - ``late_modules``: who applies the patches of a module of ``_hook.LATE_PATCH_MODULES``
+      that loads from now on: ``"start-up hook"``, ``"install()"`` or None;
+    - ``late_modules_waiting``: those modules not imported yet.
+    """
+    from . import _config, _hook  # not at start-up: only doctor and the instrumentor ask
+
+    value = (os.environ if environ is None else environ).get("AIOTRACE_ENABLE") or ""
+    return {
+        "variable": _config.switch(value),
+        "hook_ran": bool(value) and value in _seen,
+        "hook_booted": bool(_booted),
+        "late_modules": _hook.late_modules_follower(),
+        "late_modules_waiting": [n for n in _hook.LATE_PATCH_MODULES if n not in sys.modules],
+    }
 
 
 def warn(message: str) -> None:

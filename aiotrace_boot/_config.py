@@ -13,7 +13,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Callable, Collection, Dict, List, Mapping, Tuple
 
-__all__ = ["DEFAULT_WATCH_MODULES", "VARIABLES", "Config", "from_environ"]
+__all__ = ["DEFAULT_WATCH_MODULES", "VARIABLES", "Config", "from_environ", "switch"]
 
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
@@ -120,6 +120,17 @@ def _boolean(
         f"using {'true' if default else 'false'}"
     )
     return default
+
+
+def switch(raw: str) -> str:
+    """How a value of ``AIOTRACE_ENABLE`` reads: ``"on"``, ``"off"``, ``"unset"`` (empty) or
+    ``"invalid"`` (not a boolean: the hook warns and stays off)."""
+    value = raw.strip().lower()
+    if not value:
+        return "unset"
+    if value in _TRUE:
+        return "on"
+    return "off" if value in _FALSE else "invalid"
 
 
 def _names(raw: str) -> "Tuple[str, ...]":

@@ -35,12 +35,20 @@ if TYPE_CHECKING:
     from types import ModuleType
     from typing import Any, Callable, Dict, List, Optional, Sequence, Set
 
-__all__ = ["LATE_PATCH_MODULES", "boot", "package_loaded"]
+__all__ = [
+    "LATE_PATCH_MODULES",
+    "boot",
+    "follow_late_modules",
+    "late_modules_follower",
+    "package_loaded",
+]
 
 # Modules whose patches ``aiotrace.install()`` applies only once they are imported (the
 # registry's ``if_imported`` patches: importing them just to patch them would cost every
 # application, e.g. 10-20 ms for multiprocessing). Loading one after asyncio installs again.
-# tests/test_boot_start.py checks that this matches the registry.
+# tests/test_boot_start.py checks that this matches the registry. aiotrace installed another way
+# (``install()`` from code, the OpenTelemetry instrumentor) gets the same through
+# ``follow_late_modules``.
 LATE_PATCH_MODULES = ("uvloop", "concurrent.futures.process")
 
 
@@ -62,6 +70,9 @@ def boot() -> bool:
             except Exception as exc:  # e.g. an object in sys.modules that is not a module
                 if config.debug:
                     warn(f"could not rebind in {name}: {type(exc).__name__}: {exc}")
+    # This finder installs after the late modules itself: a follower that an earlier
+    # ``install()`` (or the one just above) registered would only install a second time.
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _LateFinder)]
     sys.meta_path.insert(0, finder)
     return True
 
@@ -136,6 +147,29 @@ def _when_initialised(name: str, callback: "Callable[[], None]") -> bool:
     watched.__module__ = cls.__module__
     spec.__class__ = watched
     return True
+
+
+def follow_late_modules(install: "Callable[[], Any]") -> None:
+    """Have ``install`` called each time a module of ``LATE_PATCH_MODULES`` has loaded, as the
+    start-up hook's finder does after them; for ``aiotrace.install()`` called another way.
+
+    Nothing to do when the start-up hook's finder (or an earlier call's) is in
+    ``sys.meta_path``, or when every late module is imported already.
+    """
+    if late_modules_follower() is not None:
+        return
+    if all(name in sys.modules for name in LATE_PATCH_MODULES):
+        return
+    sys.meta_path.insert(0, _LateFinder(install))
+
+
+def late_modules_follower() -> "Optional[str]":
+    """Who installs aiotrace's patches when a late module loads: ``"start-up hook"``,
+    ``"install()"`` (``follow_late_modules``), or None."""
+    for finder in sys.meta_path:
+        if isinstance(finder, _Finder) and finder.enabled:
+            return "install()" if isinstance(finder, _LateFinder) else "start-up hook"
+    return None
 
 
 class _Finder:
@@ -308,6 +342,26 @@ def _patched() -> str:
     registry = sys.modules.get("aiotrace.registry")
     groups = sorted(registry.installed()) if registry is not None else []
     return f"still patched: {', '.join(groups)}" if groups else _NOTHING
+
+
+class _LateFinder(_Finder):
+    """The start-up hook's finder reduced to the late modules: after one has loaded, it calls
+    the ``install`` it was given (the registry's, for the patch groups asked for so far)."""
+
+    def __init__(self, install: "Callable[[], Any]") -> None:  # no configuration to read
+        self.watched = set(LATE_PATCH_MODULES)
+        self.looking = set()
+        self.enabled = True
+        self._install_again = install
+
+    def loaded(self, name: str, module: "ModuleType") -> None:
+        if not self.enabled:
+            return
+        try:
+            self._install_again()
+        except Exception as exc:  # never disturb the application's import
+            self.enabled = False
+            warn(f"{name}'s patches not applied: {type(exc).__name__}: {exc}")
 
 
 def _after_exec(loader: "Any", name: str, finder: _Finder) -> None:
