@@ -215,11 +215,19 @@ def _startup_hook(report: _Report, config: Config, site_dirs: Iterable[str]) -> 
                 with open(path, encoding="utf-8", errors="replace") as handle:
                     if "aiotrace_boot" not in handle.read():
                         broken.append(path)
-    door = "aiotrace.start" if sys.version_info >= (3, 15) else "aiotrace.pth"
+    # Which file starts the hook (site.py of 3.15.2 read): up to 3.14 the .pth's import line;
+    # 3.15-3.17 the .start, or the .pth's import line when no .start sits beside it; from 3.18
+    # site ignores import lines in .pth files, so only the .start.
+    if sys.version_info < (3, 15):
+        doors = ["aiotrace.pth"]
+    elif sys.version_info < (3, 18):
+        doors = ["aiotrace.start", "aiotrace.pth"]
+    else:
+        doors = ["aiotrace.start"]
     boot_importable = importlib.util.find_spec("aiotrace_boot") is not None
     reasons: List[str] = []
-    if not files[door]:
-        reasons.append(f"{door} is not in any site-packages directory")
+    if not any(files[door] for door in doors):
+        reasons.append(f"{' or '.join(doors)} is not in any site-packages directory")
     if broken:
         reasons.append(f"{', '.join(broken)} does not start aiotrace_boot")
     if sys.flags.no_site:
@@ -271,6 +279,18 @@ def _this_process(report: _Report, environ: Mapping[str, str], config: Config) -
             "error",
             "the start-up hook ran in this process but aiotrace did not install "
             "(its reason is the 'aiotrace:' line on stderr)",
+        )
+
+
+def _not_needed(report: _Report) -> None:
+    from . import registry
+
+    if registry.STOCK_TRANSPORTS_KEEP_CONTEXT:
+        report.problem(
+            "note",
+            "transport: pause_reading/resume_reading not needed on this Python (fixed in "
+            "CPython 3.15: a resumed transport reads in its own context); only SSL's resume "
+            "is patched",
         )
 
 
@@ -345,6 +365,7 @@ def collect(
     config = _configuration(report, environ)
     _startup_hook(report, config, _site_dirs() if site_dirs is None else site_dirs)
     _this_process(report, environ, config)
+    _not_needed(report)
     _conflicts(report)
     report.data["problems"] = report.problems
     report.data["ok"] = not any(p["level"] == "error" for p in report.problems)
