@@ -202,6 +202,17 @@ def _configuration(report: _Report, environ: Mapping[str, str]) -> Config:
     return full
 
 
+def _doors() -> List[str]:
+    """The files that can start the hook on this Python (3.15.2's site.py read): up to 3.14 the
+    .pth's import line; 3.15-3.17 the .start, or the .pth's import line when no .start sits
+    beside it; from 3.18 site ignores import lines in .pth files, so only the .start."""
+    if sys.version_info < (3, 15):
+        return ["aiotrace.pth"]
+    if sys.version_info < (3, 18):
+        return ["aiotrace.start", "aiotrace.pth"]
+    return ["aiotrace.start"]
+
+
 def _startup_hook(report: _Report, config: Config, site_dirs: Iterable[str]) -> None:
     import importlib.util
 
@@ -215,15 +226,7 @@ def _startup_hook(report: _Report, config: Config, site_dirs: Iterable[str]) -> 
                 with open(path, encoding="utf-8", errors="replace") as handle:
                     if "aiotrace_boot" not in handle.read():
                         broken.append(path)
-    # Which file starts the hook (site.py of 3.15.2 read): up to 3.14 the .pth's import line;
-    # 3.15-3.17 the .start, or the .pth's import line when no .start sits beside it; from 3.18
-    # site ignores import lines in .pth files, so only the .start.
-    if sys.version_info < (3, 15):
-        doors = ["aiotrace.pth"]
-    elif sys.version_info < (3, 18):
-        doors = ["aiotrace.start", "aiotrace.pth"]
-    else:
-        doors = ["aiotrace.start"]
+    doors = _doors()
     boot_importable = importlib.util.find_spec("aiotrace_boot") is not None
     reasons: List[str] = []
     if not any(files[door] for door in doors):
