@@ -182,6 +182,17 @@ class Environments:
         return self._get("editable", make)
 
     @property
+    def broken_start(self) -> Venv:
+        """The wheel without its dependencies, for tests that damage its ``aiotrace.start``."""
+
+        def make() -> Venv:
+            venv = _new_venv(self.base / "broken-start")
+            _install(venv, str(self.wheel), no_deps=True)
+            return venv
+
+        return self._get("broken_start", make)
+
+    @property
     def bare(self) -> Venv:
         """No packages at all."""
         return self._get("bare", lambda: _new_venv(self.base / "bare"))
