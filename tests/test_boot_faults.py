@@ -395,6 +395,9 @@ def test_a_broken_start_file_never_stops_start_up(
     line runs instead (this environment lacks OpenTelemetry: aiotrace says so, stays off)."""
     venv = envs.broken_start
     start = venv.site_packages / "aiotrace.start"
+    # A new file, never a write into the installed one: uv hard-links installed files to its
+    # cache, so writing through the link would damage every environment made from that wheel.
+    start.unlink()
     start.write_bytes(BROKEN_STARTS[broken].encode("utf-8", "surrogateescape"))
     write(tmp_path, {"app.py": ASYNCIO_ONLY_APP})
     for env in ({}, ENABLED):
