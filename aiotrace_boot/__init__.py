@@ -14,6 +14,10 @@ global site-packages" twice), and a program may also call :func:`start` itself.
 
 No exception leaves :func:`start`: a start-up hook must never change how an application runs or
 fails. Whatever goes wrong is reported as one line on stderr, and aiotrace stays off.
+
+PYTEST_DONT_REWRITE: this package holds no assertions for pytest to rewrite. pytest would try,
+because aiotrace's distribution ships a pytest plugin, and then warn that ``site`` had already
+imported it (3.15's ``.start`` door imports it at every start).
 """
 
 import os

@@ -120,6 +120,21 @@ def test_the_start_entry_point_imports_nothing_else(venv: Venv) -> None:
     assert done.stdout.strip() == "['aiotrace_boot']", done.stderr
 
 
+def test_pytest_sees_no_already_imported_module(envs: Environments, tmp_path: Path) -> None:
+    """pytest marks every module of a plugin's distribution for assertion rewriting and warns
+    about those already imported. From 3.15 site imports aiotrace_boot at every start (the
+    .start door), so every pytest run in an environment with aiotrace said "Module already
+    imported so cannot be rewritten; aiotrace_boot". aiotrace_boot has no asserts and says so
+    (PYTEST_DONT_REWRITE in its docstring, pytest's documented opt-out)."""
+    venv = envs.with_pytest
+    write(tmp_path, {"test_app.py": "def test_app():\n    assert True\n"})
+    done = venv.run(
+        "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", "test_app.py", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cannot be rewritten" not in done.stdout + done.stderr
+
+
 LAZY = {
     "-X lazy_imports=all": (["-X", "lazy_imports=all"], {}),
     "PYTHON_LAZY_IMPORTS=all": ([], {"PYTHON_LAZY_IMPORTS": "all"}),
