@@ -204,6 +204,17 @@ def _configuration(report: _Report, environ: Mapping[str, str]) -> Config:
     return full
 
 
+def _doors() -> List[str]:
+    """The files that can start the hook on this Python (3.15.2's site.py read): up to 3.14 the
+    .pth's import line; 3.15-3.17 the .start, or the .pth's import line when no .start sits
+    beside it; from 3.18 site ignores import lines in .pth files, so only the .start."""
+    if sys.version_info < (3, 15):
+        return ["aiotrace.pth"]
+    if sys.version_info < (3, 18):
+        return ["aiotrace.start", "aiotrace.pth"]
+    return ["aiotrace.start"]
+
+
 def _startup_hook(report: _Report, config: Config, site_dirs: Iterable[str]) -> None:
     import importlib.util
 
@@ -217,11 +228,11 @@ def _startup_hook(report: _Report, config: Config, site_dirs: Iterable[str]) -> 
                 with open(path, encoding="utf-8", errors="replace") as handle:
                     if "aiotrace_boot" not in handle.read():
                         broken.append(path)
-    door = "aiotrace.start" if sys.version_info >= (3, 15) else "aiotrace.pth"
+    doors = _doors()
     boot_importable = importlib.util.find_spec("aiotrace_boot") is not None
     reasons: List[str] = []
-    if not files[door]:
-        reasons.append(f"{door} is not in any site-packages directory")
+    if not any(files[door] for door in doors):
+        reasons.append(f"{' or '.join(doors)} is not in any site-packages directory")
     if broken:
         reasons.append(f"{', '.join(broken)} does not start aiotrace_boot")
     if sys.flags.no_site:
@@ -311,6 +322,18 @@ def _this_process(report: _Report, environ: Mapping[str, str], config: Config) -
         )
 
 
+def _not_needed(report: _Report) -> None:
+    from . import registry
+
+    if registry.STOCK_TRANSPORTS_KEEP_CONTEXT:
+        report.problem(
+            "note",
+            "transport: pause_reading/resume_reading not needed on this Python (fixed in "
+            "CPython 3.15: a resumed transport reads in its own context); only SSL's resume "
+            "is patched",
+        )
+
+
 def _conflicts(report: _Report) -> None:
     import asyncio
 
@@ -375,6 +398,7 @@ def collect(
     config = _configuration(report, environ)
     _startup_hook(report, config, _site_dirs() if site_dirs is None else site_dirs)
     _this_process(report, environ, config)
+    _not_needed(report)
     _conflicts(report)
     report.data["problems"] = report.problems
     report.data["ok"] = not any(p["level"] == "error" for p in report.problems)

@@ -158,12 +158,22 @@ def _transport(name: str) -> Callable[[Any], Any]:
     return make
 
 
+# From CPython 3.15 every selector transport registers its reader with the context it was made
+# in (``_SelectorTransport._add_reader(..., context=self._context)``, read in 3.15.2's
+# selector_events.py): a resumed transport keeps its connection's context, shown on the stock
+# loop by tests/test_transports.py, so pause/resume are not patched there. SSL's own resume
+# still schedules its delivery in the resumer's context on 3.15.2 (same tests).
+STOCK_TRANSPORTS_KEEP_CONTEXT = sys.version_info >= (3, 15)
+
+
 def _transport_patches() -> List[Patch]:
     owner = "asyncio.selector_events:_SelectorSocketTransport"
-    patches = [
-        Patch("transport", owner, "pause_reading", _transport("patched_pause_reading")),
-        Patch("transport", owner, "resume_reading", _transport("patched_resume_reading")),
-    ]
+    patches = []
+    if not STOCK_TRANSPORTS_KEEP_CONTEXT:
+        patches += [
+            Patch("transport", owner, "pause_reading", _transport("patched_pause_reading")),
+            Patch("transport", owner, "resume_reading", _transport("patched_resume_reading")),
+        ]
     if sys.version_info >= (3, 11):
         patches.append(
             Patch(
@@ -182,12 +192,21 @@ def _create_server(original: Any) -> Any:
     return patched_create_server(original)
 
 
+def _server_init(original: Any) -> Any:
+    from .servers import patched_server_init
+
+    return patched_server_init(original)
+
+
 def _server_patches() -> List[Patch]:
     # The loops' methods cover asyncio.start_server/start_unix_server and every framework that
     # calls them; uvloop's are set on its Python ``Loop`` class (see aiotrace/servers.py).
     patches = [
         Patch("server", "asyncio.base_events:BaseEventLoop", "create_server", _create_server)
     ]
+    if sys.version_info >= (3, 15):
+        # 3.15's Server keeps the context its connections copy (see aiotrace/servers.py).
+        patches.append(Patch("server", "asyncio.base_events:Server", "__init__", _server_init))
     if sys.platform != "win32":
         patches.append(
             Patch(

@@ -24,16 +24,27 @@ Patching the loops' ``create_server``/``create_unix_server`` covers every caller
 its Cython loop, so the methods can be set on ``uvloop.Loop``; that happens only if uvloop is
 already imported when :func:`aiotrace.install` runs (install() never imports it: call it again
 after ``import uvloop``).
+
+From CPython 3.15 (read in 3.15.2's ``base_events.Server``; 3.14.10 has no such copy) the stock
+server decides the connections' context itself: ``Server.__init__`` keeps a copy of the context
+that creates it (the startup span's), each connection gets a copy of that copy, passed as
+``context=`` to the accept task *and* to the transport, which registers its reader with it. The
+factory's cleaning reaches that copy only if the accept task really runs in it: a loop that drops
+``call_soon(..., context=)`` runs the task in a throwaway copy, and every ``data_received``
+then ran in the startup span (tests/test_servers.py, dropping loop, 3.15). So on 3.15+
+:func:`patched_server_init` also empties the OpenTelemetry context inside the server's own copy,
+which every connection's context is copied from, whatever the loop does with ``context=``.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
 from ._lookalike import coroutine_function_like
 from ._otel import Context, attach, get_current
 
-__all__ = ["clean_factory", "patched_create_server"]
+__all__ = ["clean_factory", "patched_create_server", "patched_server_init"]
 
 _EMPTY = Context()
 
@@ -72,3 +83,18 @@ def patched_create_server(original: Callable[..., Any]) -> Callable[..., Any]:
         return original(self, clean_factory(protocol_factory), *args, **kwargs)
 
     return coroutine_function_like(original, create_server)
+
+
+def patched_server_init(original: Callable[..., None]) -> Callable[..., None]:
+    """``asyncio.base_events.Server.__init__`` (3.15+) whose saved context, the one every
+    connection's context is copied from, holds an empty OpenTelemetry context; the code that
+    creates the server keeps its own."""
+
+    @functools.wraps(original)
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        context = getattr(self, "_context", None)
+        if context is not None and context.run(get_current):
+            context.run(attach, _EMPTY)  # no detach: this context belongs to the server
+
+    return __init__

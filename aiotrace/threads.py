@@ -33,9 +33,10 @@ __all__ = [
 OTEL_THREADING = "opentelemetry-instrumentation-threading"
 _OTEL_THREADING_MODULE = "opentelemetry.instrumentation.threading"
 
-# Python 3.14 added ``Thread(context=...)``: ``start()`` fills ``_context`` when it is None and
-# ``_bootstrap_inner`` runs ``run()`` inside it (read in CPython 3.14's threading.py; not run
-# here, the interpreters on this machine stop at 3.13).
+# Python 3.14 added ``Thread(context=...)``: ``start()`` fills ``_context`` when it is None (a
+# copy of the starter's context under ``sys.flags.thread_inherit_context``, else an empty one)
+# and ``_bootstrap_inner`` runs ``run()`` inside it (read in 3.14.10's and 3.15.2's
+# threading.py; tests/test_threads.py runs it on both).
 _HAS_THREAD_CONTEXT = sys.version_info >= (3, 14)
 
 
@@ -87,11 +88,18 @@ def patched_start(original: Callable[..., Any]) -> Callable[..., Any]:
     """``Thread.start`` that gives the new thread a copy of the starter's context."""
     from concurrent.futures.thread import _worker as pool_worker
 
-    if _HAS_THREAD_CONTEXT:  # pragma: no cover - Python 3.14+, not in the test matrix yet
+    if _HAS_THREAD_CONTEXT:
+        # Under ``-X thread_inherit_context=1`` the stdlib copies the starter's context itself:
+        # ``_context`` is then left to it, and a ``context=`` the caller gave is never replaced.
+        inherit = sys.flags.thread_inherit_context  # type: ignore[attr-defined]
 
         @functools.wraps(original)
         def start(self: threading.Thread) -> None:
-            if self._context is None and _inherits(self, pool_worker):  # type: ignore[attr-defined]
+            if (
+                not inherit
+                and self._context is None  # type: ignore[attr-defined]
+                and _inherits(self, pool_worker)
+            ):
                 self._context = copy_context()  # type: ignore[attr-defined]
             original(self)
 

@@ -9,6 +9,9 @@ configuration alike:
 - ``bare+pth``: not installed, but site-packages has some other ``.pth`` file (as nearly every
   real environment has: setuptools', editable installs'…): the first ``.pth`` costs ``site``
   an import of the ``utf-8-sig`` codec on Python 3.13, whoever ships it;
+- ``bare+start`` (Python 3.15+): not installed, but site-packages has some other PEP 829
+  ``.start`` file (entry point ``os:getpid``): what ``site`` itself costs to run any entry point
+  (on 3.15.2 it imports ``pkgutil`` and ``re`` to resolve it), whoever ships it;
 - ``unset``: installed, ``AIOTRACE_ENABLE`` unset (what every process pays);
 - ``set``: installed and enabled, the program never imports asyncio;
 - with ``import asyncio``: stock vs. enabled, i.e. what installing costs once asyncio loads.
@@ -43,7 +46,10 @@ def make_venvs(python: str, base: Path) -> dict:
     sh("uv", "build", "-q", "--wheel", "-o", str(base / "dist"), str(ROOT))
     (wheel,) = (base / "dist").glob("aiotrace-*.whl")
     venvs = {}
-    for name, extra in (("bare", []), ("bare+pth", []), ("aiotrace", [str(wheel)])):
+    names = [("bare", []), ("bare+pth", []), ("aiotrace", [str(wheel)])]
+    if start_files(python):
+        names.insert(2, ("bare+start", []))
+    for name, extra in names:
         path = base / name
         sh("uv", "venv", "-q", "-p", python, str(path))
         python_path = str(path / "bin" / "python")
@@ -55,7 +61,17 @@ def make_venvs(python: str, base: Path) -> dict:
         venvs["bare+pth"], "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"
     )
     Path(purelib.strip(), "other.pth").write_text("# a path-only .pth file\n")
+    if "bare+start" in venvs:
+        purelib = sh(
+            venvs["bare+start"], "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+        )
+        Path(purelib.strip(), "other.start").write_text("os:getpid\n")
     return venvs
+
+
+def start_files(python: str) -> bool:
+    """Whether ``python`` reads PEP 829 ``.start`` files (3.15+)."""
+    return sh(python, "-c", "import sys; print(sys.version_info >= (3, 15))").strip() == "True"
 
 
 def clean_env(**extra: str) -> dict:
@@ -102,9 +118,25 @@ def start_us(python: str) -> float:
     return statistics.median(float(sh_env(python, code, clean_env())) for _ in range(21))
 
 
-def sh_env(python: str, code: str, env: dict) -> str:
+def entry_point_us(python: str) -> float:
+    """The ``.start`` entry point's own cost with the variable unset (3.15+): importing
+    ``aiotrace_boot`` and calling ``start()``, in a fresh interpreter each time, with ``site``
+    off (-S) so that it is not imported already; ``os`` first, as a normal start has it."""
+    site_packages = sh(python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])")
+    code = (
+        "import os, sys, time\n"
+        f"sys.path.append({site_packages.strip()!r})\n"
+        "t = time.perf_counter()\n"
+        "import aiotrace_boot; aiotrace_boot.start()\n"
+        "print((time.perf_counter() - t) * 1e6)\n"
+    )
+    runs = [float(sh_env(python, code, clean_env(), "-S")) for _ in range(51)]
+    return statistics.median(runs)
+
+
+def sh_env(python: str, code: str, env: dict, *options: str) -> str:
     return subprocess.run(
-        [python, "-c", code], env=env, check=True, capture_output=True, text=True
+        [python, *options, "-c", code], env=env, check=True, capture_output=True, text=True
     ).stdout
 
 
@@ -122,6 +154,11 @@ def main() -> None:
         configs = {
             "bare,   -c pass": (venvs["bare"], "pass", clean_env()),
             "bare+pth, -c pass": (venvs["bare+pth"], "pass", clean_env()),
+            **(
+                {"bare+start, -c pass": (venvs["bare+start"], "pass", clean_env())}
+                if "bare+start" in venvs
+                else {}
+            ),
             "unset,  -c pass": (venvs["aiotrace"], "pass", clean_env()),
             "set,    -c pass": (venvs["aiotrace"], "pass", clean_env(AIOTRACE_ENABLE="1")),
             "unset,  import asyncio": (venvs["aiotrace"], "import asyncio", clean_env()),
@@ -152,13 +189,19 @@ def main() -> None:
         for label, a, b in (
             ("unset - bare", "unset,  -c pass", "bare,   -c pass"),
             ("unset - bare+pth", "unset,  -c pass", "bare+pth, -c pass"),
+            ("unset - bare+start", "unset,  -c pass", "bare+start, -c pass"),
             ("set - bare, no asyncio", "set,    -c pass", "bare,   -c pass"),
             ("set - unset, import asyncio", "set,    import asyncio", "unset,  import asyncio"),
         ):
+            if a not in times or b not in times:
+                continue
             wall = statistics.median(times[a][0]) - statistics.median(times[b][0])
             cpu = statistics.median(times[a][1]) - statistics.median(times[b][1])
             print(f"{label + ':':<30} wall {wall:+6.2f} ms   CPU {cpu:+6.2f} ms (medians)")
         print(f".pth line, unset (in-process): {pth_line_us(venvs['aiotrace']):.3f} µs")
+        if "bare+start" in venvs:
+            us = entry_point_us(venvs["aiotrace"])
+            print(f".start entry point, unset (import + start(), in-process): {us:.0f} µs")
         print(f"start() with the variable set (in-process): {start_us(venvs['aiotrace']):.0f} µs")
     finally:
         shutil.rmtree(base, ignore_errors=True)

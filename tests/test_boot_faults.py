@@ -333,12 +333,15 @@ def test_pth_reached_more_than_once_acts_once(venv: Venv) -> None:
 
 
 def test_importtime_shows_no_aiotrace_when_unset(venv: Venv) -> None:
+    # 3.15+: site imports aiotrace_boot for aiotrace.start even when unset (PEP 829), through
+    # importlib.import_module, which -X importtime does not list on 3.15.2 (checked here); the
+    # modules that aiotrace_boot imports itself are listed.
     unset = venv.run("-X", "importtime", "-c", "pass")
     assert unset.returncode == 0
     assert "aiotrace" not in unset.stderr
     enabled = venv.run("-X", "importtime", "-c", "pass", env=ENABLED)
     imported = [line.rsplit("|", 1)[-1].strip() for line in enabled.stderr.splitlines()]
-    assert "aiotrace_boot" in imported
+    assert ("aiotrace_boot._hook" if sys.version_info >= (3, 15) else "aiotrace_boot") in imported
     for heavy in ("asyncio", "opentelemetry", "aiotrace", "typing"):
         assert heavy not in imported, enabled.stderr
 
@@ -362,6 +365,49 @@ def test_start_door_as_python_3_15_site_uses_it(venv: Venv) -> None:
     assert venv.run("-S", "-c", code).stdout.split() == ["[]", "0", OFF]
     enabled = venv.run("-S", "-c", code, env=ENABLED)
     assert enabled.stdout.split() == ["[]", "1", ON], enabled.stderr
+
+
+@pytest.mark.skipif(sys.version_info < (3, 15), reason="PEP 829 .start files are read from 3.15")
+def test_on_3_15_site_starts_the_hook_from_the_start_file_only(venv: Venv) -> None:
+    """3.15.2's site skips the import line of aiotrace.pth because aiotrace.start sits beside
+    it, and calls the entry point instead (its own trace lines under -v, 3.15.2's wording)."""
+    done = venv.run("-v", "-c", QUEUE, env=ENABLED)
+    assert done.stdout.split() == [ON]
+    pth, start = venv.site_packages / "aiotrace.pth", venv.site_packages / "aiotrace.start"
+    assert f"import lines in {pth} are suppressed due to matching {start} file." in done.stderr
+    assert done.stderr.count("Executing entry point: aiotrace_boot:start") == 1
+
+
+BROKEN_STARTS = {
+    "unknown callable": "aiotrace_boot:no_such_function\n",
+    "bad syntax": "aiotrace_boot.start()\n",
+    "module missing": "aiotrace_boot_removed:start\n",
+    "not text": "\udcff\udcfe",
+}
+
+
+@pytest.mark.skipif(sys.version_info < (3, 15), reason="PEP 829 .start files are read from 3.15")
+@pytest.mark.parametrize("broken", sorted(BROKEN_STARTS))
+def test_a_broken_start_file_never_stops_start_up(
+    envs: Environments, tmp_path: Path, broken: str
+) -> None:
+    """A damaged aiotrace.start (edited by hand, or left by a half-done uninstall) costs a
+    message from site (3.15.2: an error and its traceback on stderr), never the application:
+    it runs, with aiotrace off. A file site cannot decode counts as absent, so the .pth's
+    line runs instead (this environment lacks OpenTelemetry: aiotrace says so, stays off)."""
+    venv = envs.broken_start
+    start = venv.site_packages / "aiotrace.start"
+    # A new file, never a write into the installed one: uv hard-links installed files to its
+    # cache, so writing through the link would damage every environment made from that wheel.
+    start.unlink()
+    start.write_bytes(BROKEN_STARTS[broken].encode("utf-8", "surrogateescape"))
+    write(tmp_path, {"app.py": ASYNCIO_ONLY_APP})
+    for env in ({}, ENABLED):
+        done = venv.run("app.py", cwd=tmp_path, env=env)
+        assert (done.returncode, done.stdout) == (0, "normal output\n"), done.stderr
+        assert venv.run("-c", QUEUE, env=env).stdout.split() == [OFF]
+        pth_ran = "aiotrace: not enabled: " in done.stderr
+        assert pth_ran == (broken == "not text" and env == ENABLED), done.stderr
 
 
 # -- `aiotrace run` is a direct run -------------------------------------------------------------

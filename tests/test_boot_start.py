@@ -87,16 +87,77 @@ def test_editable_and_source_installs_work_too(envs: Environments, app: Path, in
     assert venv.run("-c", code).stdout.split() == ["builtins"]
 
 
+# Python 3.15's site calls aiotrace.start's entry point at every start (PEP 829), so
+# aiotrace_boot is imported with the variable unset too; before 3.15 the .pth line reads the
+# variable without importing anything.
+UNSET_EARLY = ["aiotrace_boot"] if sys.version_info >= (3, 15) else []
+
+
 def test_unset_changes_nothing_and_imports_nothing(venv: Venv, app: Path) -> None:
+    """Unset: the app runs as without aiotrace; before its first line nothing of asyncio,
+    OpenTelemetry or aiotrace is imported (3.15+: only aiotrace_boot, by the .start door)."""
     done = venv.run("app.py", cwd=app)
     assert done.stderr == ""
     assert result(done) == {
-        "early": [],
+        "early": UNSET_EARLY,
         "queue": "builtins",
         "nested": False,  # stock asyncio loses the span in run_in_executor
         "argv": ["app.py"],
         "name": "__main__",
     }
+
+
+def test_the_start_entry_point_imports_nothing_else(venv: Venv) -> None:
+    """What aiotrace.start's entry point costs with the variable unset, in modules: the
+    ``aiotrace_boot`` package itself (measured in time by scripts/bench_startup.py)."""
+    code = (
+        "import os, sys\n"  # loaded by every normal start; -S leaves them out
+        f"sys.path.append({str(venv.site_packages)!r})\n"
+        "before = set(sys.modules)\n"
+        "import aiotrace_boot; aiotrace_boot.start()\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    done = venv.run("-S", "-c", code)
+    assert done.stdout.strip() == "['aiotrace_boot']", done.stderr
+
+
+def test_pytest_sees_no_already_imported_module(envs: Environments, tmp_path: Path) -> None:
+    """pytest marks every module of a plugin's distribution for assertion rewriting and warns
+    about those already imported. From 3.15 site imports aiotrace_boot at every start (the
+    .start door), so while aiotrace's distribution declared a pytest11 entry point, every pytest
+    run in an environment with aiotrace said "Module already imported so cannot be rewritten;
+    aiotrace_boot". It declares none now (docs/testing-helper.md)."""
+    venv = envs.with_pytest
+    write(tmp_path, {"test_app.py": "def test_app():\n    assert True\n"})
+    done = venv.run(
+        "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", "test_app.py", cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "cannot be rewritten" not in done.stdout + done.stderr
+
+
+LAZY = {
+    "-X lazy_imports=all": (["-X", "lazy_imports=all"], {}),
+    "PYTHON_LAZY_IMPORTS=all": ([], {"PYTHON_LAZY_IMPORTS": "all"}),
+}
+
+
+@pytest.mark.skipif(sys.version_info < (3, 15), reason="PEP 810 lazy imports are 3.15+")
+@pytest.mark.parametrize("lazy", sorted(LAZY))
+def test_lazy_imports_still_install_before_the_app_uses_asyncio(
+    venv: Venv, app: Path, lazy: str
+) -> None:
+    """PEP 810 (3.15.2 accepts ``all`` and ``normal``): with every import lazy, asyncio loads
+    when the app first uses a name from it, and the hook installs right then, so
+    ``from asyncio import Queue`` still gets aiotrace's class."""
+    options, env = LAZY[lazy]
+    assert venv.run(*options, "-c", "import sys; print(sys.get_lazy_imports())", env=env).stdout
+    done = venv.run(*options, "app.py", env={**ENABLED, **env}, cwd=app)
+    assert done.stderr == ""
+    out = result(done)
+    assert [m for m in out["early"] if not m.startswith("aiotrace_boot")] == []
+    assert out["queue"] == "aiotrace.aliases"
+    assert out["nested"] is True
 
 
 def test_enabled_is_lazy_and_propagates(venv: Venv, app: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -65,10 +66,33 @@ def test_enabled_without_the_hook_in_site_packages_fails(tmp_path: Path) -> None
     data = doctor.collect({"AIOTRACE_ENABLE": "yes"}, [str(tmp_path)])
     assert not data["ok"]
     (message,) = errors(data)
+    # 3.15 (PEP 829) starts the hook from aiotrace.start, or from aiotrace.pth without one.
+    door = "aiotrace.pth" if sys.version_info < (3, 15) else "aiotrace.start or aiotrace.pth"
     assert message.startswith(
-        "AIOTRACE_ENABLE is on but the start-up hook cannot run: aiotrace.pth is not in any "
+        f"AIOTRACE_ENABLE is on but the start-up hook cannot run: {door} is not in any "
         "site-packages directory"
     )
+
+
+@pytest.mark.skipif(sys.version_info < (3, 15), reason="PEP 829 .start files exist from 3.15")
+def test_either_door_is_enough_on_3_15(tmp_path: Path) -> None:
+    """3.15.2's site runs the .pth's import line when no .start sits beside it."""
+    (tmp_path / "aiotrace.pth").write_text(PTH)
+    data = doctor.collect({"AIOTRACE_ENABLE": "1"}, [str(tmp_path)])
+    assert not any("is not in any site-packages" in m for m in errors(data))
+
+
+def test_doctor_says_where_stock_asyncio_needs_no_transport_patch(tmp_path: Path) -> None:
+    notes = [p["message"] for p in doctor.collect({}, [str(tmp_path)])["problems"]]
+    said = [m for m in notes if m.startswith("transport: ")]
+    if sys.version_info >= (3, 15):
+        assert said == [
+            "transport: pause_reading/resume_reading not needed on this Python (fixed in "
+            "CPython 3.15: a resumed transport reads in its own context); only SSL's resume "
+            "is patched"
+        ]
+    else:
+        assert said == []
 
 
 def test_hook_missing_but_not_enabled_is_a_warning(tmp_path: Path) -> None:

@@ -331,8 +331,8 @@ def test_install_imports_no_process_pool_machinery_and_a_later_install_patches_i
 
 def test_interpreter_pools_are_left_alone(monkeypatch):
     """Python 3.14's InterpreterPoolExecutor pickles each job for another interpreter: a bound
-    ``Context.run`` cannot go there, so its jobs are submitted unchanged. (Simulated: the test
-    matrix has no 3.14 yet.)"""
+    ``Context.run`` cannot go there, so its jobs are submitted unchanged. (Simulated here, on
+    every Python; the real pool runs in test_real_interpreter_pool_keeps_working_under_install.)"""
 
     class InterpreterPoolExecutor(concurrent.futures.ThreadPoolExecutor):
         pass
@@ -350,6 +350,34 @@ def test_interpreter_pools_are_left_alone(monkeypatch):
         submit(cls.__new__(cls), work)
     assert received[0] is work
     assert [isinstance(fn.__self__, contextvars.Context) for fn in received[1:]] == [True, True]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="InterpreterPoolExecutor is 3.14+")
+def test_real_interpreter_pool_keeps_working_under_install(run):
+    """The real 3.14+ pool, on every loop: submit, map and run_in_executor work under
+    install(), and the pool receives the caller's own callable (left alone, nothing to
+    pickle but what the caller gave)."""
+    import operator
+    from concurrent.futures import InterpreterPoolExecutor
+
+    aiotrace.install()
+    received = []
+
+    class Recording(InterpreterPoolExecutor):
+        def submit(self, fn, /, *args, **kwargs):
+            received.append(fn)
+            return super().submit(fn, *args, **kwargs)
+
+    async def main():
+        with Recording(1) as pool, tracer.start_as_current_span("caller"):
+            assert pool.submit(operator.add, 2, 3).result() == 5
+            assert list(pool.map(operator.neg, [1, 2])) == [-1, -2]
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(pool, operator.mul, 3, 4) == 12
+
+    run(main())
+    assert received[0] is operator.add
+    assert all(fn in (operator.add, operator.neg, operator.mul) for fn in received)
 
 
 def test_submit_without_a_positional_callable_behaves_as_the_stdlibs():

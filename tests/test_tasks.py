@@ -231,3 +231,98 @@ def test_wrapper_for_a_create_task_that_takes_any_keyword(honest_run, spans):
     assert spans.parent("detached") is None
     expected_second = ["context"] if sys.version_info >= (3, 11) else []
     assert calls == [["name"], expected_second]
+
+
+needs_314 = pytest.mark.skipif(sys.version_info < (3, 14), reason="needs Python 3.14+")
+
+
+@needs_314
+def test_installed_create_task_passes_eager_start_through(honest_run, spans):
+    """3.14's ``asyncio.create_task(coro, **kwargs)`` takes ``eager_start=``; the installed one
+    passes it on, with and without ``otel_ctx=`` (uvloop 0.23's create_task takes it too)."""
+    aiotrace.install()
+
+    async def quick(name):
+        with tracer.start_as_current_span(name):
+            return trace.get_current_span().name
+
+    async def main():
+        with tracer.start_as_current_span("request"):
+            task = asyncio.create_task(quick("eager"), eager_start=True)
+            assert task.done() and task.result() == "eager"
+            lazy = asyncio.create_task(quick("lazy"), eager_start=False)
+            assert not lazy.done()
+            detached = asyncio.create_task(
+                quick("detached"), eager_start=True, otel_ctx=context.Context()
+            )
+            assert detached.done()
+            await lazy
+
+    honest_run(main())
+    assert spans.parent("eager") == "request"
+    assert spans.parent("lazy") == "request"
+    assert spans.parent("detached") is None
+
+
+@needs_314
+def test_task_factory_given_keyword_arguments(honest_run, spans):
+    """3.14 hands ``create_task``'s keyword arguments to the task factory (uvloop 0.23 hands it
+    ``context`` and ``eager_start`` and sets the name afterwards): the installed create_task
+    passes ``eager_start=`` and ``name=`` on, and ``otel_ctx=`` arrives as ``context=``, a
+    context holding that OpenTelemetry context."""
+    aiotrace.install()
+    seen = {}
+
+    def factory(loop, coro, **kwargs):
+        seen[coro.cr_frame.f_locals.get("name")] = kwargs
+        return asyncio.Task(coro, loop=loop, **kwargs)
+
+    async def main():
+        asyncio.get_running_loop().set_task_factory(factory)
+        with tracer.start_as_current_span("request"):
+            named = asyncio.create_task(child("named"), name="n", eager_start=False)
+            assert named.get_name() == "n"
+            await named
+            detached = asyncio.create_task(child("detached"), otel_ctx=context.Context())
+            await detached
+
+    honest_run(main())
+    assert seen["named"]["eager_start"] is False
+    assert isinstance(seen["detached"]["context"], contextvars.Context)
+    assert spans.parent("named") == "request"
+    assert spans.parent("detached") is None
+
+
+@pytest.mark.skipif(
+    not hasattr(getattr(asyncio, "TaskGroup", None), "cancel"), reason="TaskGroup.cancel is 3.15+"
+)
+def test_installed_task_group_cancel(honest_run, spans):
+    """3.15's ``TaskGroup.cancel()`` on the installed group: children are cancelled, the group
+    exits without ``CancelledError``, and the code after it still runs in its span. (On the
+    context-dropping loop the body resumes from a TaskGroup's exit, cancelled or not, in a
+    child's context: the waiter work of issue 15, not specific to cancel().)"""
+    aiotrace.install()
+    cancelled = []
+
+    async def forever(name):
+        with tracer.start_as_current_span(name):
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                cancelled.append(name)
+                raise
+
+    async def main():
+        with tracer.start_as_current_span("request"):
+            async with asyncio.TaskGroup() as group:
+                assert isinstance(group, aiotrace.PropagatingTaskGroup)
+                group.create_task(forever("a"))
+                group.create_task(forever("b"), otel_ctx=context.Context())
+                await asyncio.sleep(0)
+                group.cancel()
+            assert trace.get_current_span().name == "request"
+
+    honest_run(main())
+    assert sorted(cancelled) == ["a", "b"]
+    assert spans.parent("a") == "request"
+    assert spans.parent("b") is None

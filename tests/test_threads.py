@@ -6,6 +6,7 @@ from __future__ import annotations
 import concurrent.futures
 import concurrent.futures.process  # so that install() patches process pools too
 import contextvars
+import subprocess
 import sys
 import threading
 from typing import Any, Callable
@@ -94,13 +95,62 @@ def test_pool_workers_do_not_inherit_the_submitter_that_started_them(spans):
 
 
 @pytest.mark.skipif(sys.version_info < (3, 14), reason="Thread(context=) is 3.14+")
-def test_an_explicit_context_is_kept(spans):  # pragma: no cover - no 3.14 in the matrix yet
+def test_an_explicit_context_is_kept(spans):
     aiotrace.install(patch_threads=True)
+    given = contextvars.Context()
     with tracer.start_as_current_span("caller"):
-        thread = threading.Thread(target=work, context=contextvars.Context())
+        thread = threading.Thread(target=work, context=given)
         thread.start()
     thread.join()
+    assert thread._context is given  # the caller's own object, not a copy or a wrapper
     assert spans.parent("worker") is None
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="Thread(context=) is 3.14+")
+def test_patched_threads_run_in_the_stdlib_context_slot(spans):
+    """3.14+: the copy goes where ``Thread(context=)`` would put it; ``run()`` is not wrapped
+    and ``_bootstrap_inner`` is not patched (one mechanism, no double wrap)."""
+    aiotrace.install(patch_threads=True)
+    assert "_bootstrap_inner" not in {p.attribute for p in registry.PATCHES}
+    with tracer.start_as_current_span("caller"):
+        thread = threading.Thread(target=work)
+        thread.start()
+    thread.join()
+    assert isinstance(thread._context, contextvars.Context)
+    assert thread.run.__func__ is threading.Thread.run
+    assert spans.parent("worker") == "caller"
+
+
+INHERIT_FLAG_CHILD = """
+import contextvars, sys, threading
+import aiotrace, aiotrace.threads as threads
+copies = []
+real = threads.copy_context
+threads.copy_context = lambda: copies.append(1) or real()
+var = contextvars.ContextVar("var", default="unset")
+var.set("starter")
+seen = []
+aiotrace.install(patch_threads=True)
+thread = threading.Thread(target=lambda: seen.append(var.get()))
+thread.start(); thread.join()
+print(sys.flags.thread_inherit_context, seen[0], len(copies))
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="thread_inherit_context is 3.14+")
+@pytest.mark.parametrize("flag", ["0", "1"])
+def test_thread_inherit_context_flag_is_left_to_the_stdlib(flag):
+    """With ``-X thread_inherit_context=1`` the stdlib already starts each thread in a copy of
+    its starter's context: the patch adds nothing (no copy of its own); with it off, the patch
+    makes the one copy."""
+    done = subprocess.run(
+        [sys.executable, "-X", f"thread_inherit_context={flag}", "-c", INHERIT_FLAG_CHILD],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.stdout.split() == [flag, "starter", "0" if flag == "1" else "1"], done.stderr
 
 
 def test_uninstall_restores_thread_and_timer():
