@@ -207,17 +207,6 @@ class Environments:
         return self._get("editable", make)
 
     @property
-    def with_pytest(self) -> Venv:
-        """The wheel, the OpenTelemetry SDK and pytest (aiotrace's pytest plugin loads)."""
-
-        def make() -> Venv:
-            venv = _new_venv(self.base / "with-pytest")
-            _install(venv, str(self.wheel), "opentelemetry-sdk", "pytest")
-            return venv
-
-        return self._get("with_pytest", make)
-
-    @property
     def broken_start(self) -> Venv:
         """The wheel without its dependencies, for tests that damage its ``aiotrace.start``."""
 

@@ -4,9 +4,10 @@ The interpreter's ``test.test_asyncio`` modules for every primitive aiotrace rep
 locks, task groups, tasks, the selector transports, SSL, servers, streams and, from 3.14, the
 call graph) and ``test.test_asyncgen`` run in a subprocess after ``aiotrace.install()``. They
 were written for stock asyncio, so a difference in results, exceptions, messages or ordering
-shows up as a failure. One difference is documented and expected (docs/async-generators.md): a generator left with ``break`` is closed right there, so an error in its cleanup
-reaches the loop's exception handler as a failed task's ("Task exception was never retrieved")
-instead of during ``asyncio.run()``'s shutdown.
+shows up as a failure. One difference is documented and expected (docs/async-generators.md): a
+generator left with ``break`` is closed right there, so an error in its cleanup reaches the
+loop's exception handler as a failed task's ("Task exception was never retrieved") instead of
+during ``asyncio.run()``'s shutdown.
 """
 
 from __future__ import annotations
