@@ -8,6 +8,7 @@ asyncio's own (and :func:`uninstall` to put asyncio's back).
 from __future__ import annotations
 
 from .executors import run_in_executor_with_context
+from .handoff import consume, receive_nowait_with_context, receive_with_context
 from .locks import (
     PropagatingBoundedSemaphore,
     PropagatingCondition,
@@ -36,11 +37,14 @@ __all__ = [
     "UnknownPatchError",
     "__version__",
     "attached_context",
+    "consume",
     "create_task_with_context",
     "inject_context",
     "install",
     "installed",
     "linked_root",
+    "receive_nowait_with_context",
+    "receive_with_context",
     "run_in_executor_with_context",
     "uninstall",
 ]

@@ -33,7 +33,7 @@ __all__ = ["LATE_PATCH_MODULES", "boot"]
 # registry's ``if_imported`` patches: importing them just to patch them would cost every
 # application, e.g. 10-20 ms for multiprocessing). Loading one after asyncio installs again.
 # tests/test_boot_start.py checks that this matches the registry.
-LATE_PATCH_MODULES = ("uvloop", "concurrent.futures.process")
+LATE_PATCH_MODULES = ("uvloop", "concurrent.futures.process", "anyio.streams.memory")
 
 
 def boot() -> bool:
