@@ -138,6 +138,14 @@ def _align(contexts: Any, size: int) -> None:
         contexts.extendleft([None] * -extra)
 
 
+def _start_contexts(state: Any, size: int) -> Any:
+    """The context deque of a stream seen for the first time, for a buffer of ``size`` items
+    that entered it unseen."""
+    contexts = state._aiotrace_contexts = collections.deque()
+    _align(contexts, size)
+    return contexts
+
+
 def patched_send_nowait(original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
     """``MemoryObjectSendStream.send_nowait`` that records the sender's context beside the item."""
     would_block = sys.modules["anyio"].WouldBlock
@@ -152,17 +160,18 @@ def patched_send_nowait(original: Callable[[Any, Any], None]) -> Callable[[Any, 
         except would_block:
             senders = state.waiting_senders
             if type(senders) is not _Senders:
-                # send() puts the item in waiting_senders next: keep its context there.
+                # send() puts the item in waiting_senders next: keep its context there, for
+                # receive_nowait to move it beside the buffer with the item.
                 state.waiting_senders = _Senders(senders)
+                if not hasattr(state, "_aiotrace_contexts"):
+                    _start_contexts(state, len(state.buffer))
             raise
         if size >= 0 and len(state.buffer) == size:
             return
         try:
             state._aiotrace_contexts.append(get_current())
         except AttributeError:
-            contexts = state._aiotrace_contexts = collections.deque()
-            _align(contexts, len(state.buffer) - 1)
-            contexts.append(get_current())
+            _start_contexts(state, len(state.buffer) - 1).append(get_current())
 
     send_nowait.__wrapped__ = original  # type: ignore[attr-defined]
     send_nowait.__aiotrace_patch__ = True  # type: ignore[attr-defined]

@@ -341,7 +341,10 @@ class _Consumption:
         if self._link:
             from opentelemetry import trace
 
-            producer_span = trace.get_current_span(producer).get_span_context()
+            # Unknown producer: no link (get_current_span(None) would read the consumer's span).
+            producer_span = trace.get_current_span(
+                Context() if producer is None else producer
+            ).get_span_context()
             self._span = span = trace.get_tracer("aiotrace").start_span(
                 self._span_name,
                 context=Context(),
