@@ -37,6 +37,8 @@ except ImportError:  # pragma: no cover - optional: anyio[trio] is not in the te
 BACKENDS: Dict[str, Tuple[str, Dict[str, Any]]] = {"asyncio": ("asyncio", {})}
 if uvloop is not None:
     BACKENDS["uvloop"] = ("asyncio", {"use_uvloop": True})
+if trio is not None:
+    BACKENDS["trio"] = ("trio", {})
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -67,6 +69,23 @@ def held(receive: Any) -> int:
     contexts += len(getattr(state.waiting_senders, "contexts", ()))
     slots = getattr(state.waiting_receivers, "slots", {})  # registered, filled on hand-off
     return contexts + sum(len(slot) for slot in slots.values())
+
+
+async def all_blocked() -> None:
+    """``anyio.wait_all_tasks_blocked()`` without its 0.1 s sleeps on asyncio: yields to the
+    loop until every other task is parked on a future. Counts loop iterations, never time."""
+    import asyncio
+
+    try:
+        me = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop: trio, whose own wait does not sleep
+        return await anyio.wait_all_tasks_blocked()
+    for _ in range(100):
+        await anyio.lowlevel.checkpoint()
+        waiters = [task._fut_waiter for task in asyncio.all_tasks() if task is not me]
+        if all(waiter is not None and not waiter.done() for waiter in waiters):
+            return None
+    raise AssertionError("tasks never blocked")
 
 
 # -- the patch group ---------------------------------------------------------------------------
@@ -178,7 +197,7 @@ def test_item_handed_to_a_waiting_receiver(run, installed, spans, receiver) -> N
         with send, receive:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(receive_one)
-                await anyio.wait_all_tasks_blocked()
+                await all_blocked()
                 assert receive.statistics().tasks_waiting_receive == 1
                 with tracer.start_as_current_span("sender"):
                     send.send_nowait(item)  # straight into the waiting receiver's slot
@@ -205,7 +224,7 @@ def test_item_of_a_sender_waiting_for_room(run, installed, spans) -> None:
                         await send.send("b")
 
                 tg.start_soon(send_b)
-                await anyio.wait_all_tasks_blocked()
+                await all_blocked()
                 assert receive.statistics().tasks_waiting_send == 1
                 got = [aiotrace.receive_nowait_with_context(receive)]
                 got.append(aiotrace.receive_nowait_with_context(receive))
@@ -229,7 +248,7 @@ def test_sender_waiting_on_a_zero_buffer(run, installed, spans) -> None:
                         await send.send("x")
 
                 tg.start_soon(sender)
-                await anyio.wait_all_tasks_blocked()
+                await all_blocked()
                 got = await aiotrace.receive_with_context(receive)
             return got, held(receive)
 
@@ -358,7 +377,7 @@ async def _behaviour(size: int, with_context: bool, log: List[Any]) -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(waiter)
-            await anyio.wait_all_tasks_blocked()
+            await all_blocked()
             stats(stream)
             scope.cancel()
         stats(stream)
@@ -386,13 +405,13 @@ async def _behaviour(size: int, with_context: bool, log: List[Any]) -> None:
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(waiter, first, "first")
-        await anyio.wait_all_tasks_blocked()
+        await all_blocked()
         tg.start_soon(waiter, second, "second")
-        await anyio.wait_all_tasks_blocked()
+        await all_blocked()
         first.cancel()
         attempt("send_nowait to waiting", lambda: send.send_nowait("handed"))
         stats(send)
-        await anyio.wait_all_tasks_blocked()
+        await all_blocked()
         second.cancel()
     log.append(("got", got))
     stats(send)
@@ -425,7 +444,7 @@ async def _behaviour(size: int, with_context: bool, log: List[Any]) -> None:
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(blocked_send)
-            await anyio.wait_all_tasks_blocked()
+            await all_blocked()
             stats(send)
             receive_stream.close()
         attempt("send_nowait broken", lambda: send.send_nowait(1))
@@ -461,3 +480,62 @@ def test_contexts_of_received_items_are_not_held(run) -> None:
     run(main)
     gc.collect()
     assert [ref() for ref in refs] == [None, None, None]
+
+
+# -- the MCP SDK's server pattern --------------------------------------------------------------
+
+MESSAGES = 4
+
+
+async def serve(buffer: int) -> None:
+    """A server shaped like the MCP Python SDK's: a reader task (the transport) feeds the
+    messages it reads into a memory object stream, each in the span its request came with (as
+    a server instrumentation starts a trace per request); the session loop receives them and
+    starts one handler task per message in a task group. ``aiotrace.consume`` is the one line
+    that puts each handler in its message's trace."""
+    send, receive = anyio.create_memory_object_stream(buffer)
+
+    async def reader() -> None:
+        with send:
+            for i in range(MESSAGES):
+                # A new trace per request, as a server instrumentation starts one.
+                with tracer.start_as_current_span(f"request-{i}", context=Context()):
+                    await send.send({"id": i})
+
+    async def handle(message: Dict[str, int]) -> None:
+        with tracer.start_as_current_span(f"handle-{message['id']}"):
+            await anyio.lowlevel.checkpoint()  # the handler's own await: the span stays its own
+            with tracer.start_as_current_span(f"work-{message['id']}"):
+                pass
+
+    with tracer.start_as_current_span("session"):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(reader)
+            with receive:
+                async with anyio.create_task_group() as handlers:
+                    while True:
+                        try:
+                            async with aiotrace.consume(receive) as message:
+                                handlers.start_soon(handle, message)
+                        except anyio.EndOfStream:
+                            break
+
+
+@pytest.mark.parametrize("buffer", [0, 2])
+def test_server_handlers_land_in_their_messages_trace(run, spans, buffer) -> None:
+    aiotrace.install()
+    run(serve, buffer)
+    for i in range(MESSAGES):
+        assert spans.parent(f"handle-{i}") == f"request-{i}"
+        assert spans.trace_of(f"handle-{i}") == spans.trace_of(f"request-{i}")
+        assert spans.parent(f"work-{i}") == f"handle-{i}"
+    assert len({spans.trace_of(f"request-{i}") for i in range(MESSAGES)}) == MESSAGES
+
+
+@pytest.mark.parametrize("buffer", [0, 2])
+def test_server_handlers_lose_their_messages_trace_without_install(run, spans, buffer) -> None:
+    # Stock anyio (4.16.0 and 4.5.2 run here): every handler is a child of the session loop.
+    run(serve, buffer)
+    assert [spans.parent(f"handle-{i}") for i in range(MESSAGES)] == ["session"] * MESSAGES
+    session = spans.trace_of("session")
+    assert all(spans.trace_of(f"handle-{i}") == session for i in range(MESSAGES))
