@@ -146,28 +146,35 @@ def _start_contexts(state: Any, size: int) -> Any:
     return contexts
 
 
+def _wait_for_room(state: Any) -> None:
+    # send() puts the item in waiting_senders next: keep its context there, for receive_nowait
+    # to move it beside the buffer with the item.
+    senders = state.waiting_senders
+    if type(senders) is not _Senders:
+        state.waiting_senders = _Senders(senders)
+        if not hasattr(state, "_aiotrace_contexts"):
+            _start_contexts(state, len(state.buffer))
+
+
 def patched_send_nowait(original: Callable[[Any, Any], None]) -> Callable[[Any, Any], None]:
     """``MemoryObjectSendStream.send_nowait`` that records the sender's context beside the item."""
-    would_block = sys.modules["anyio"].WouldBlock
+    would_block = sys.modules[_MODULE].WouldBlock
 
     def send_nowait(self: Any, item: Any) -> None:
         state = self._state
-        # With receivers waiting, the item goes to the first one without a pending cancellation
-        # (its slot, if any, is filled by _Receivers.popitem) or, if there is none, the buffer.
-        size = len(state.buffer) if state.waiting_receivers else -1
         try:
-            original(self, item)
+            if state.waiting_receivers:
+                # The item goes to the first receiver without a pending cancellation (its slot,
+                # if any, is filled by _Receivers.popitem) or, if there is none, to the buffer.
+                size = len(state.buffer)
+                original(self, item)
+                if len(state.buffer) == size:
+                    return
+            else:
+                original(self, item)
         except would_block:
-            senders = state.waiting_senders
-            if type(senders) is not _Senders:
-                # send() puts the item in waiting_senders next: keep its context there, for
-                # receive_nowait to move it beside the buffer with the item.
-                state.waiting_senders = _Senders(senders)
-                if not hasattr(state, "_aiotrace_contexts"):
-                    _start_contexts(state, len(state.buffer))
+            _wait_for_room(state)
             raise
-        if size >= 0 and len(state.buffer) == size:
-            return
         try:
             state._aiotrace_contexts.append(get_current())
         except AttributeError:
