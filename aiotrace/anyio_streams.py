@@ -116,8 +116,9 @@ class _Receivers(collections.OrderedDict):  # type: ignore[type-arg]
         # send_nowait pops the receiver it hands the item to, in the sender's task (and, from
         # anyio 4.4 on, first any receiver with a pending cancellation, which never gets it:
         # its receive() raises, and its slot is dropped with it).
+        # The slot is taken first: on CPython 3.8 OrderedDict.popitem calls the subclass's pop.
+        slot = self.slots.pop(next(reversed(self) if last else iter(self)), None) if self else None
         key, value = super().popitem(last)
-        slot = self.slots.pop(key, None)
         if slot is not None:
             slot.append(get_current())
         return key, value
