@@ -459,8 +459,9 @@ async def _behaviour(size: int, with_context: bool, log: List[Any]) -> None:
 @pytest.mark.parametrize("with_context", [False, True], ids=["anyio_api", "aiotrace_api"])
 def test_streams_behave_exactly_as_anyios(run, with_context) -> None:
     stock = run(anyio_behaviour, False)
-    # anyio 4.4+ skips a receiver whose cancellation is pending (earlier ones handed it the item).
-    assert ("got", [("second", "handed")]) in stock
+    # anyio 4.5.2 and 4.16.0 skip a receiver whose cancellation is pending; 4.0.0-4.3.0 (read;
+    # 4.0.0 run here) hand it the item, which is lost with its cancelled receive().
+    assert ("got", [("second", "handed")]) in stock or ("got", []) in stock
     aiotrace.install()
     assert run(anyio_behaviour, with_context) == stock
 
