@@ -135,6 +135,33 @@ def test_start_up_hook_installs_when_the_stream_module_loads() -> None:
     assert "anyio_stream" in aiotrace.installed()
 
 
+def test_start_up_hook_catches_anyios_lazy_import_of_the_streams() -> None:
+    # anyio 4.16 imports anyio.streams.memory at the first create_memory_object_stream (4.5.2
+    # with anyio itself): AIOTRACE_ENABLE=1 applies the group then, with no install() call.
+    import os
+    import site
+    import subprocess
+
+    if not any(os.path.exists(os.path.join(d, "aiotrace.pth")) for d in site.getsitepackages()):
+        pytest.skip("aiotrace is not installed in this environment (no aiotrace.pth)")
+    code = (
+        "import anyio, aiotrace\n"
+        "send, receive = anyio.create_memory_object_stream()\n"
+        "print(sorted(aiotrace.installed()))\n"
+        "send.close(); receive.close()\n"
+    )
+    env = {**os.environ, "AIOTRACE_ENABLE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert "'anyio_stream'" in done.stdout, done.stdout + done.stderr
+    env["AIOTRACE_DISABLED_PATCHES"] = "anyio_stream"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env
+    )
+    assert "'anyio_stream'" not in done.stdout and "'queue'" in done.stdout, done.stdout
+
+
 def test_doctor_says_when_the_streams_are_not_patched(tmp_path) -> None:
     from aiotrace import doctor
 
