@@ -64,9 +64,11 @@ _SLOT: contextvars.ContextVar[Optional[List[Optional[Context]]]] = contextvars.C
 class _Senders(collections.OrderedDict):  # type: ignore[type-arg]
     """``waiting_senders``: event -> item, plus event -> the sending task's context."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, waiting: Any = ()) -> None:
         self.contexts: Dict[Any, Optional[Context]] = {}
+        super().__init__()
+        for key, value in dict(waiting).items():  # senders waiting since before: unknown
+            collections.OrderedDict.__setitem__(self, key, value)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         super().__setitem__(key, value)
@@ -94,9 +96,11 @@ class _Receivers(collections.OrderedDict):  # type: ignore[type-arg]
     """``waiting_receivers``: event -> receiver, plus event -> the slot of a waiting
     :func:`receive_with_context` call, filled by the sender that hands it an item."""
 
-    def __init__(self, *args: Any) -> None:
-        super().__init__(*args)
+    def __init__(self, waiting: Any = ()) -> None:
         self.slots: Dict[Any, List[Optional[Context]]] = {}
+        super().__init__()
+        for key, value in dict(waiting).items():  # receivers waiting since before: no slot
+            collections.OrderedDict.__setitem__(self, key, value)
 
     def __setitem__(self, key: Any, value: Any) -> None:
         super().__setitem__(key, value)

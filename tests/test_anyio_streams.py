@@ -285,6 +285,60 @@ def test_sender_waiting_on_a_zero_buffer(run, installed, spans) -> None:
     assert left == 0
 
 
+def test_stream_in_use_across_install(run, spans) -> None:
+    """Items, a waiting sender and a waiting receiver from before install(): they go on as in
+    anyio, their contexts unknown; what is sent after install() carries its context."""
+
+    async def main() -> List[Any]:
+        got: List[Any] = []
+        send, receive = anyio.create_memory_object_stream(1)
+        with send, receive:
+            async with anyio.create_task_group() as tg:
+                # Before install(): one item buffered, one sender waiting for room.
+                send.send_nowait("old")
+                tg.start_soon(send.send, "old waiting")
+                await all_blocked()
+                aiotrace.install()
+                with tracer.start_as_current_span("new"):
+                    tg.start_soon(send.send, "new waiting")
+                await all_blocked()
+                assert receive.statistics().tasks_waiting_send == 2
+                for _ in range(3):
+                    got.append(await aiotrace.receive_with_context(receive))
+            aiotrace.uninstall()
+            # A plain receiver waiting from before install(), one of aiotrace's after it.
+            async with anyio.create_task_group() as tg:
+
+                async def plain() -> None:
+                    got.append((await receive.receive(), None))
+
+                async def with_context() -> None:
+                    got.append(await aiotrace.receive_with_context(receive))
+
+                tg.start_soon(plain)
+                await all_blocked()
+                aiotrace.install()
+                tg.start_soon(with_context)
+                await all_blocked()
+                assert receive.statistics().tasks_waiting_receive == 2
+                send.send_nowait("to plain")
+                with tracer.start_as_current_span("to aiotrace's"):
+                    send.send_nowait("to aiotrace's")
+            assert held(receive) == 0
+        return got
+
+    got = run(main)
+    assert [(item, span_name(ctx)) for item, ctx in got[:3]] == [
+        ("old", None),
+        ("old waiting", None),
+        ("new waiting", "new"),
+    ]
+    assert sorted((item, span_name(ctx) or "") for item, ctx in got[3:]) == [
+        ("to aiotrace's", "to aiotrace's"),
+        ("to plain", ""),
+    ]
+
+
 # -- consume() ---------------------------------------------------------------------------------
 
 
