@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys as _sys
 
 from .executors import run_in_executor_with_context
+from .handoff import consume, receive_nowait_with_context, receive_with_context
 from .locks import (
     PropagatingBoundedSemaphore,
     PropagatingCondition,
@@ -48,11 +49,14 @@ __all__ = [
     "UnknownPatchError",
     "__version__",
     "attached_context",
+    "consume",
     "create_task_with_context",
     "inject_context",
     "install",
     "installed",
     "linked_root",
+    "receive_nowait_with_context",
+    "receive_with_context",
     "run_in_executor_with_context",
     "uninstall",
 ]

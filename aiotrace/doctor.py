@@ -37,6 +37,7 @@ DISTRIBUTIONS = (
     "opentelemetry-distro",
     "opentelemetry-instrumentation-threading",
     "uvloop",
+    "anyio",
 )
 _TRUE = ("1", "true", "yes", "on")
 
@@ -377,7 +378,28 @@ def _conflicts(report: _Report) -> None:
             f"uvloop.Loop is without the {' and '.join(uvloop_missed)} patches; call "
             "aiotrace.install() again after importing uvloop",
         )
+    _anyio_streams(report, registry, active)
     report.data["conflicts"] = found
+
+
+def _anyio_streams(report: _Report, registry: Any, active: Iterable[str]) -> None:
+    # The anyio_stream group waits for anyio.streams.memory, which anyio 4.x imports lazily (on
+    # the first create_memory_object_stream): aiotrace/anyio_streams.py.
+    patched = registry.original("anyio.streams.memory:MemoryObjectSendStream", "send_nowait")
+    if "anyio.streams.memory" in sys.modules and active and not patched:
+        report.problem(
+            "warning",
+            "anyio's memory object streams were imported after aiotrace.install() (or the "
+            "anyio_stream patch is excluded): their items do not carry the sender's trace; call "
+            "aiotrace.install() again after the first anyio.create_memory_object_stream()",
+        )
+    elif not patched and _version("anyio") is not None:
+        report.problem(
+            "note",
+            "anyio is installed: aiotrace patches its memory object streams (anyio_stream) once "
+            "anyio.streams.memory is imported before install() or install() runs again after "
+            "it; AIOTRACE_ENABLE=1 catches that import by itself",
+        )
 
 
 def collect(

@@ -29,7 +29,7 @@ import asyncio
 import collections
 import heapq
 import weakref
-from typing import Any, AsyncContextManager, Dict, Optional, Tuple, Type
+from typing import Any, AsyncContextManager, Awaitable, Callable, Dict, Optional, Tuple, Type
 
 from ._otel import Context, attach, get_current, restore
 
@@ -197,9 +197,14 @@ class PropagatingQueue(asyncio.queues.Queue):  # type: ignore[type-arg]
 
         ``task_done()`` is not called for you, as with ``get()``.
         """
-        if mode not in CONSUME_MODES:
-            raise ValueError(f"unknown consume mode {mode!r}; accepted: {', '.join(CONSUME_MODES)}")
+        check_consume_mode(mode)
         return _Consumption(self, mode == "link", span_name)
+
+
+def check_consume_mode(mode: str) -> None:
+    """Raise ``ValueError`` naming the accepted modes unless ``mode`` is one of them."""
+    if mode not in CONSUME_MODES:
+        raise ValueError(f"unknown consume mode {mode!r}; accepted: {', '.join(CONSUME_MODES)}")
 
 
 class PropagatingPriorityQueue(PropagatingQueue, asyncio.queues.PriorityQueue):  # type: ignore[type-arg]
@@ -324,20 +329,31 @@ class _Several(collections.deque):  # type: ignore[type-arg]
 
 
 class _Consumption:
-    """The async context manager returned by :meth:`PropagatingQueue.consume`."""
+    """The async context manager returned by :meth:`PropagatingQueue.consume` and
+    :func:`aiotrace.consume`. ``receive``: how to take ``(item, producer_context)`` from a
+    source that is not a queue (an anyio stream, see :mod:`aiotrace.handoff`)."""
 
-    __slots__ = ("_link", "_previous", "_queue", "_span", "_span_name")
+    __slots__ = ("_link", "_previous", "_queue", "_receive", "_span", "_span_name")
 
-    def __init__(self, queue: PropagatingQueue, link: bool, span_name: str) -> None:
+    def __init__(
+        self,
+        queue: Any,
+        link: bool,
+        span_name: str,
+        receive: Optional[Callable[[Any], Awaitable[Tuple[Any, Optional[Context]]]]] = None,
+    ) -> None:
         self._queue = queue
         self._link = link
         self._span_name = span_name
+        self._receive = receive
         self._span: Any = None
         self._previous: Optional[Context] = None
 
     async def __aenter__(self) -> Any:
         queue = self._queue
-        if queue.empty():
+        if self._receive is not None:
+            item, producer = await self._receive(queue)
+        elif queue.empty():
             item, producer = await queue.get_with_context()
         else:
             item, producer = queue.get_nowait_with_context()
@@ -345,7 +361,10 @@ class _Consumption:
         if self._link:
             from opentelemetry import trace
 
-            producer_span = trace.get_current_span(producer).get_span_context()
+            # Unknown producer: no link (get_current_span(None) would read the consumer's span).
+            producer_span = trace.get_current_span(
+                Context() if producer is None else producer
+            ).get_span_context()
             self._span = span = trace.get_tracer("aiotrace").start_span(
                 self._span_name,
                 context=Context(),

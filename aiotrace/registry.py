@@ -223,6 +223,29 @@ def _server_patches() -> List[Patch]:
     return patches
 
 
+def _anyio_stream(name: str) -> Callable[[Any], Any]:
+    def make(original: Any) -> Any:
+        from . import anyio_streams
+
+        return getattr(anyio_streams, name)(original)
+
+    return make
+
+
+def _anyio_stream_patches() -> List[Patch]:
+    # if_imported: aiotrace never imports anyio; see aiotrace/anyio_streams.py.
+    return [
+        Patch(
+            "anyio_stream",
+            f"anyio.streams.memory:MemoryObject{side}Stream",
+            attribute,
+            _anyio_stream(f"patched_{attribute}"),
+            if_imported=True,
+        )
+        for side, attribute in (("Send", "send_nowait"), ("Receive", "receive_nowait"))
+    ]
+
+
 def _class_patches(group: str, module: str, names: Iterable[str]) -> List[Patch]:
     # asyncio re-exports every class of its submodules; code reaches them by both names.
     return [
@@ -254,6 +277,7 @@ def _all_patches() -> List[Patch]:
         *_asyncgen_patches("uvloop:Loop", if_imported=True),
         *_server_patches(),
         *_transport_patches(),
+        *_anyio_stream_patches(),
     ]
     if sys.version_info >= (3, 11):
         patches += _class_patches("task_group", "asyncio.taskgroups", ("TaskGroup",))

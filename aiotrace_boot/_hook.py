@@ -49,7 +49,7 @@ __all__ = [
 # tests/test_boot_start.py checks that this matches the registry. aiotrace installed another way
 # (``install()`` from code, the OpenTelemetry instrumentor) gets the same through
 # ``follow_late_modules``.
-LATE_PATCH_MODULES = ("uvloop", "concurrent.futures.process")
+LATE_PATCH_MODULES = ("uvloop", "concurrent.futures.process", "anyio.streams.memory")
 
 
 def boot() -> bool:

@@ -23,6 +23,11 @@ from bench_hygiene import async_for, paused_echo
 
 import aiotrace
 
+try:  # before any install(): the anyio_stream patch waits for this module (anyio imports it lazily)
+    import anyio.streams.memory as anyio_memory
+except ImportError:  # anyio is in the test extra, not a dependency
+    anyio_memory = None
+
 Workload = Callable[[int], Awaitable[None]]
 
 
@@ -91,6 +96,18 @@ async def run_in_executor(n: int) -> None:
         await asyncio.gather(*[loop.run_in_executor(None, int) for _ in range(10)])
 
 
+async def anyio_stream_batches(n: int) -> None:
+    """anyio memory object stream: send_nowait 100 items, receive_nowait them back."""
+    send, receive = anyio.create_memory_object_stream(100)
+    items = list(range(100))
+    with send, receive:
+        for _ in range(n // 100):
+            for item in items:
+                send.send_nowait(item)
+            for _ in items:
+                receive.receive_nowait()
+
+
 WORKLOADS: Dict[str, Tuple[Workload, int]] = {
     "create_task+gather": (create_task_gather, 20_000),
     "queue put/get, no waiting": (queue_batches, 100_000),
@@ -101,6 +118,10 @@ WORKLOADS: Dict[str, Tuple[Workload, int]] = {
     "async for, 1 in 4 break": (async_for(4), 20_000),
     "paused echo round trip": (paused_echo, 3_000),
 }
+if anyio_memory is not None:
+    import anyio
+
+    WORKLOADS["anyio stream, no waiting"] = (anyio_stream_batches, 100_000)
 
 
 def new_loop(kind: str) -> asyncio.AbstractEventLoop:
