@@ -723,3 +723,38 @@ def test_unreachable_generator_started_outside_any_task(honest_run, caplog):
     assert log == ["finally"]
     assert [r.getMessage() for r in detach_failures(caplog)] == [DETACH_FAILURE]
     caplog.clear()  # the documented failure is what this shows
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 12),
+    reason="before 3.12 a subclass of asyncio's task is reached through the collector",
+)
+def test_unreachable_task_that_does_not_expose_its_context(honest_run, caplog):
+    """A task factory's tasks without ``get_context()``: the generator's context cannot be
+    had, and asyncio's own hook closes it, as without aiotrace."""
+    aiotrace.install()
+    log = []
+
+    class Opaque(asyncio.Task):
+        def get_context(self):
+            raise AttributeError("get_context")
+
+    async def starts(box):
+        gen = spanning_gen(log)
+        await gen.__anext__()
+        box.append(gen)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(lambda loop, coro, **kwargs: Opaque(coro, loop=loop, **kwargs))
+        box = []
+        await asyncio.create_task(starts(box))
+        loop.set_task_factory(None)
+        box.clear()  # finalized here, in main, not in the task that ran it
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    honest_run(main())
+    assert log == ["finally"]
+    assert [r.getMessage() for r in detach_failures(caplog)] == [DETACH_FAILURE]
+    caplog.clear()  # the documented failure is what this shows
