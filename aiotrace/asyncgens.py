@@ -1,34 +1,32 @@
-"""Async generators left early are closed where they were left.
+"""Async generators closed in the context that holds their tokens.
 
 A generator that opens a span around its ``yield`` attaches that span in the *consumer's*
-context (an async generator has no context of its own). When the consumer leaves its ``async
-for`` with ``break``, CPython calls the running loop's finalizer hook right there, through
-reference counting, in the consumer's task. asyncio's hook (``BaseEventLoop`` and uvloop's
-``Loop`` alike) only schedules ``aclose()`` as a new task, so:
+context (an async generator has no context of its own), and ``ContextVar.reset`` accepts the
+token only in that very ``contextvars.Context`` object: in any other, a copy included, it raises
+ValueError, which OpenTelemetry's ``detach`` logs as ``Failed to detach context``
+(opentelemetry-python #2606). asyncio's finalizer hook (``BaseEventLoop`` and uvloop's ``Loop``
+alike) schedules ``aclose()`` as a new task, in a copy of whatever context is current when the
+generator is finalized, and ``shutdown_asyncgens`` closes leftovers in its own task: the detach
+fails, and after a ``break`` the generator's span stays current in the consumer until then.
 
-- until that task runs, the generator's span stays current in the consumer, and every span the
-  consumer opens after the loop becomes its child;
-- the task runs in a *copy* of the consumer's context, where the generator's ``detach`` cannot
-  reset a token made in the original, and OpenTelemetry logs ``Failed to detach context``
-  (opentelemetry-python #2606); ``shutdown_asyncgens`` closes leftovers the same way.
+:func:`aiotrace.install` replaces the loops' hooks with the ones here. The firstiter hook
+records the task that started the generator and that task's own context (3.12+:
+``Task.get_context()``; before: see :func:`_task_context_before_312`). The finalizer closes the
+generator at once: in place in that task (as CPython closes a plain generator, so after a
+``break`` its span is detached before the consumer's next line), in that task's context
+anywhere else on the loop's thread (another task, a callback, the garbage collector; the task
+may be done or gone), and from another thread once the loop's thread gets to it. "At once"
+matters for the collector: OpenTelemetry's ``start_as_current_span`` generator, suspended inside
+the async generator, is garbage in the same pass, and is finalized right after it. A cleanup
+that awaits continues as a task whose steps run in the recorded context (:class:`_InContext`).
+An error in the cleanup reaches the loop's exception handler from a failed task, as asyncio
+reports it. Where the context cannot be had, asyncio's own hook runs (docs/async-generators.md
+lists those cases).
 
-:func:`aiotrace.install` replaces the loops' hooks with the ones here. The finalizer closes the
-generator in place, as CPython closes a plain generator: its cleanup runs at the ``break`` in the
-consumer's context, so its span is detached before the consumer's next line. If the cleanup
-awaits, the rest continues as a task (token mismatches there are released quietly, and the
-consumer gets back the OpenTelemetry context it had when the generator started); an error in
-the cleanup reaches the loop's exception handler from a failed task, as asyncio reports it.
-On another thread, once ``shutdown_asyncgens`` started, or in a task other than the one that
-started iterating the generator, asyncio's own hook runs. To know that task (and the context to
-give back), the firstiter hook keeps a small record per generator. That record replaces the
-loop's own bookkeeping (a ``WeakSet`` of its generators, whose weak reference with a callback
-costs more than the whole record): the patched ``shutdown_asyncgens`` closes the generators
-recorded here, and ``uninstall()`` hands the live ones back to their loops' sets.
-
-``shutdown_asyncgens`` closes each generator in the context of the task that ran it where that
-task is done and Python can name its context (3.12+, ``Task.get_context()``); elsewhere a token
-from another context is released without the error log and counted
-(:func:`released_foreign_tokens`).
+The record replaces the loop's own bookkeeping (a ``WeakSet`` of its generators, whose weak
+reference with a callback costs more than the whole record): the patched
+``shutdown_asyncgens`` closes the generators recorded here, each in its recorded context, and
+``uninstall()`` hands the live ones back to their loops' sets.
 """
 
 from __future__ import annotations
@@ -317,9 +315,6 @@ def _close(loop: Any, agen: Any, record: _Started, original: Hook) -> None:
     """Runs the first step of ``agen.aclose()`` now, the rest as a task, both where the
     generator's tokens belong; asyncio's hook where they cannot be reached."""
     _, _, started_by, context, before = record
-    if id(loop) in _closing or getattr(loop, "_asyncgens_shutdown_called", False):
-        original(loop, agen)
-        return
     owner = started_by() if started_by is not None else None
     in_owner = owner is not None and owner is _current_task(loop)
     if not in_owner and context is None:
@@ -352,6 +347,8 @@ def _close(loop: Any, agen: Any, record: _Started, original: Hook) -> None:
 
 
 def _step_or_busy(runner: Optional[_InContext], method: Callable[[Any], Any], arg: Any) -> Any:
+    """The first step of a close: raises :class:`_Busy` (nothing run) where ``_step`` would
+    fall back to the current context, so that the finalizer can hand over to asyncio."""
     return method(arg) if runner is None else runner.step(method, arg)
 
 

@@ -99,6 +99,30 @@ def test_cleanup_that_awaits_finishes_in_a_task_without_detach_failure(honest_ru
     assert detach_failures(caplog) == []
 
 
+def test_cleanup_that_awaits_leaves_the_consumers_later_spans_alone(honest_run, spans, caplog):
+    """The consumer opens a span and awaits inside it while the rest of the cleanup runs in
+    its context: the swap gives the generator its own view for each step and puts the
+    consumer's back, so the consumer's span is still current when it resumes."""
+    aiotrace.install()
+    log = []
+
+    async def main():
+        with tracer.start_as_current_span("main"):
+            async for _ in spanning_gen(log, cleanup_awaits=True):
+                break
+            with tracer.start_as_current_span("after"):
+                for _ in range(5):  # the cleanup's task finishes meanwhile
+                    await asyncio.sleep(0)
+                assert log == ["finally"]
+                with tracer.start_as_current_span("inner"):
+                    pass
+
+    honest_run(main())
+    assert spans.parent("inner") == "after"
+    assert spans.parent("cleanup") == "gen"
+    assert detach_failures(caplog) == []
+
+
 def test_generator_without_spans_is_closed_in_place_and_context_untouched(run, spans):
     aiotrace.install()
     log = []
