@@ -77,6 +77,11 @@ _closing: Dict[int, weakref.ref[Any]] = {}
 _recording = [True]
 
 _CTask: Any = getattr(asyncio.tasks, "_CTask", None)  # None where _asyncio is not built
+# Before 3.12: the last task whose context was looked up, as (weak reference, context). A task
+# that starts several generators is looked up once: ``weakref.ref(task)`` returns the same
+# object while one without a callback exists (the records hold it), and a new task never gets
+# the reference of a dead one.
+_last_task: List[Any] = [None, None]
 _referents = gc.get_referents
 
 
@@ -270,15 +275,23 @@ def patched_firstiter(original: Hook) -> Hook:
         if task is None:
             _started[id(agen)] = (ref(agen), self, None, None, get_current())
             return
+        task_ref = ref(task)
         context = None
         if _TASK_GET_CONTEXT:
             try:  # noqa: SIM105 - contextlib.suppress costs a context manager per generator
                 context = task.get_context()
             except AttributeError:  # a task factory's own future type may lack it
                 pass
+        elif task_ref is _last_task[0]:
+            context = _last_task[1]
         else:
-            context = _task_context_before_312(task)
-        _started[id(agen)] = (ref(agen), self, ref(task), context, get_current())
+            # asyncio's (and uvloop's) own task: its context is its first referent (see
+            # _task_context_before_312), without a Python call for the common case.
+            context = _referents(task)[0] if type(task) is _CTask else None
+            if type(context) is not contextvars.Context:
+                context = _task_context_before_312(task)
+            _last_task[0], _last_task[1] = task_ref, context
+        _started[id(agen)] = (ref(agen), self, task_ref, context, get_current())
 
     _asyncgen_firstiter_hook.__wrapped__ = original  # type: ignore[attr-defined]
     return _asyncgen_firstiter_hook

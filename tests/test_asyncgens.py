@@ -782,3 +782,28 @@ def test_unreachable_task_that_does_not_expose_its_context(honest_run, caplog):
     assert log == ["finally"]
     assert [r.getMessage() for r in detach_failures(caplog)] == [DETACH_FAILURE]
     caplog.clear()  # the documented failure is what this shows
+
+
+def test_each_task_gets_its_own_context_recorded(honest_run, spans, caplog):
+    """Tasks in turn, each freed before the next starts (so one may reuse another's address),
+    each start two generators, all closed later from another task. Before 3.12 the lookup of a
+    task's context is kept for that task's next generator: each must still get its own."""
+    aiotrace.install()
+    log = []
+
+    async def starts(box, name):
+        with tracer.start_as_current_span(name):
+            for _ in range(2):
+                gen = spanning_gen(log)
+                await gen.__anext__()
+                box.append(gen)
+
+    async def main():
+        box = []
+        for name in ("t0", "t1", "t2"):
+            await asyncio.create_task(starts(box, name))
+        box.clear()
+
+    honest_run(main())
+    assert log == ["finally"] * 6
+    assert detach_failures(caplog) == []
