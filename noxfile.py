@@ -214,7 +214,8 @@ def peers(session: nox.Session, peer: str) -> None:
     }
     results = ROOT / ".nox" / "_peers_results"
     results.mkdir(exist_ok=True)
-    (results / f"{peer}-{session.python}.json").write_text(json.dumps(report, indent=1))
+    name = f"{peer}-{session.python}-{report['selection']}.json"
+    (results / name).write_text(json.dumps(report, indent=1))
     session.log(f"{peer} {spec.version} without aiotrace: {PEERS.summary(off['outcomes'])}")
     session.log(f"{peer} {spec.version} with aiotrace:    {PEERS.summary(on['outcomes'])}")
     for test, why in result.known.items():

@@ -10,6 +10,7 @@ plain data and functions so that the noxfile and docs/drop-in.md stay in step wi
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
 PYTHONS = ["3.11", "3.13"]
@@ -119,6 +120,7 @@ PEERS: Dict[str, Peer] = {
             "a2wsgi==1.10.10",
             "wsproto==1.3.2",
             "zttp",
+            "pytest-codspeed",  # tests/benchmarks (``--all``)
         ),
         ci=("tests/test_main.py", "tests/test_lifespan.py", "tests/protocols/test_http.py"),
         source="uvicorn",
@@ -137,7 +139,8 @@ PEERS: Dict[str, Peer] = {
             "python-multipart",
             "pyyaml",
             "httpx==0.28.1",
-            "httpx2",
+            # With zstd, as in the project's dev group: tests/test_testclient.py expects it.
+            "httpx2[zstd]",
             "blockbuster",
             "importlib-metadata",
             "opentelemetry-sdk",
@@ -248,3 +251,27 @@ def rerunnable(tests: List[str]) -> Optional[List[str]]:
     if any(test.startswith("<collect>") for test in tests):
         return None
     return tests
+
+
+def table(results: Path) -> str:
+    """The Markdown table of docs/drop-in.md from the session's ``.nox/_peers_results``."""
+    import json
+
+    def cell(got: Mapping[str, int]) -> str:
+        return f"{got['passed']} / {got['failed']} / {got['skipped']}"
+
+    rows = ["| project | Python | selection | off | on | only on | flaky |", "|" + " --- |" * 7]
+    for path in sorted(results.glob("*.json")):
+        got = json.loads(path.read_text(encoding="utf-8"))
+        rows.append(
+            f"| {got['peer']} {got['version']} | {got['python']} | {got['selection']} "
+            f"| {cell(got['off'])} | {cell(got['on'])} | {len(got['only_on'])} "
+            f"| {len(got['flaky'])} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(table(Path(sys.argv[1] if len(sys.argv) > 1 else ".nox/_peers_results")))
