@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import glob
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import nox
@@ -103,6 +105,9 @@ def _load_peers():  # scripts/peers.py holds the pins, the test selection and th
 
 
 PEERS = _load_peers()
+# nox points TMPDIR into .nox/, under this checkout's pyproject.toml: a peer's pytester runs
+# would take aiotrace's pytest configuration as theirs. Theirs get a directory outside.
+_OUTER_TMP = tempfile.gettempdir()
 
 
 def _peer_run(session, src: Path, tests, out: Path, on: bool) -> dict:
@@ -115,11 +120,16 @@ def _peer_run(session, src: Path, tests, out: Path, on: bool) -> dict:
     env["PEERS_OUTCOMES"] = str(out)
     env["PYTHONPATH"] = str(out.parent / "plugin")
     out.unlink(missing_ok=True)
-    with session.chdir(src):
-        session.run(
-            "python", "-m", "pytest", "-p", "peers_outcomes", *tests,
-            env=env, success_codes=[0, 1, 2, 3, 4, 5],
-        )  # fmt: skip
+    scratch = tempfile.mkdtemp(prefix="aiotrace-peers-", dir=_OUTER_TMP)
+    env["TMPDIR"] = scratch
+    try:
+        with session.chdir(src):
+            session.run(
+                "python", "-m", "pytest", "-p", "peers_outcomes", *tests,
+                env=env, success_codes=[0, 1, 2, 3, 4, 5],
+            )  # fmt: skip
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if not out.exists():
         session.error(f"pytest wrote no outcomes to {out}")
     got = json.loads(out.read_text(encoding="utf-8"))
@@ -131,7 +141,6 @@ def _peer_run(session, src: Path, tests, out: Path, on: bool) -> dict:
 
 def _peer_sources(session, peer: str, spec) -> Path:
     """The peer's sdist unpacked afresh in the session's tmp directory, with the plugin beside."""
-    import shutil
     import tarfile
 
     # The sdist, fetched once per machine: pip reads its metadata with the build backends

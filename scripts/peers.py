@@ -183,7 +183,13 @@ PEERS: Dict[str, Peer] = {
 
 # Tests that fail with aiotrace on for a reason aiotrace cannot change: (peer, test id) -> why.
 # docs/drop-in.md lists the same ones.
-KNOWN_DIFFERENCES: Dict[Tuple[str, str], str] = {}
+KNOWN_DIFFERENCES: Dict[Tuple[str, str], str] = {
+    ("janus", "tests/test_async.py::TestQueueGetTests::test_get_cancelled"): (
+        "timing: a 41 ms margin (put 10 ms after a get bounded by wait_for(..., 0.051)); failed "
+        "with aiotrace on at load average 13 on 2 cores (2026-12-03), passed 10 of 10 runs "
+        "alone and 3 of 3 whole-suite runs on each side once the load was lower"
+    ),
+}
 
 FAILING = {"failed", "error"}
 
