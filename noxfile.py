@@ -175,10 +175,13 @@ def _peer_sources(session, peer: str, spec) -> Path:
 @nox.session(python=PEERS.PYTHONS)
 @nox.parametrize("peer", list(PEERS.PEERS))
 def peers(session: nox.Session, peer: str) -> None:
-    """A pinned release's own tests, without and with ``AIOTRACE_ENABLE=1``; fails on any test
-    that fails only with aiotrace on, unless scripts/peers.py lists it as a known difference.
-    ``nox -s peers`` runs the files chosen for CI, ``nox -s peers -- --all`` each whole suite;
-    other arguments go to pytest."""
+    """Another project's own tests without and with aiotrace (docs/drop-in.md).
+
+    A pinned release's tests run without and with ``AIOTRACE_ENABLE=1``; the session fails on
+    any test that fails only with aiotrace on, unless scripts/peers.py lists it as a known
+    difference. ``nox -s peers`` runs the files chosen for CI, ``nox -s peers -- --all`` each
+    whole suite; other arguments go to pytest.
+    """
     import json
 
     spec = PEERS.PEERS[peer]
