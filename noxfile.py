@@ -1,7 +1,8 @@
 """The one entry point for the test matrix: ``nox`` runs the suite on every CPython 3.8-3.15
 found on this machine (pyenv's versions included), each on the stock loop, uvloop and the
 context-dropping test loop, once more against the lowest supported OpenTelemetry API, then
-combines coverage; ``lint`` (ruff) runs first."""
+combines coverage; ``lint`` (ruff) runs first. Then ``realstack`` (a FastAPI service on uvicorn,
+tests/realstack) and ``peers`` (other projects' own suites, scripts/peers.py)."""
 
 from __future__ import annotations
 
@@ -133,6 +134,7 @@ def _load_peers():  # scripts/peers.py holds the pins, the test selection and th
 
 
 PEERS = _load_peers()
+nox.options.sessions.append("peers")  # CI runs the named selection of scripts/peers.py
 # nox points TMPDIR into .nox/, under this checkout's pyproject.toml: a peer's pytester runs
 # would take aiotrace's pytest configuration as theirs. Theirs get a directory outside.
 _OUTER_TMP = tempfile.gettempdir()
