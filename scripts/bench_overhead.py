@@ -73,6 +73,54 @@ async def lock_contended(n: int) -> None:
     await asyncio.gather(*[worker() for _ in range(4)])
 
 
+async def semaphore_contended(n: int) -> None:
+    """Four tasks take turns on a ``Semaphore(1)``: each acquisition waits for the holder."""
+    sem = asyncio.Semaphore(1)
+    per_task = n // 4
+
+    async def worker() -> None:
+        for _ in range(per_task):
+            async with sem:
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*[worker() for _ in range(4)])
+
+
+async def condition_wait_notify(n: int) -> None:
+    """A task parked in ``Condition.wait()`` is notified once per op (and takes the lock)."""
+    cond = asyncio.Condition()
+    turn = [0]
+
+    async def waiter() -> None:
+        async with cond:
+            for i in range(n):
+                await cond.wait_for(lambda i=i: turn[0] > i)  # type: ignore[misc]
+
+    task = asyncio.create_task(waiter())
+    await asyncio.sleep(0)
+    for _ in range(n):
+        async with cond:
+            turn[0] += 1
+            cond.notify()
+        await asyncio.sleep(0)
+    await task
+
+
+async def queue_put_parked(n: int) -> None:
+    """A producer parked on ``put()`` to a full queue is woken by every ``get()``."""
+    q = asyncio.Queue(maxsize=1)
+
+    async def producer() -> None:
+        for i in range(n):
+            await q.put(i)
+
+    task = asyncio.create_task(producer())
+    for _ in range(n):
+        await asyncio.sleep(0)
+        q.get_nowait()
+    await task
+
+
 async def event_wait_set(n: int) -> None:
     async def waiter(ev: asyncio.Event) -> None:
         await ev.wait()
@@ -95,7 +143,10 @@ WORKLOADS: Dict[str, Tuple[Workload, int]] = {
     "create_task+gather": (create_task_gather, 20_000),
     "queue put/get, no waiting": (queue_batches, 100_000),
     "queue put/get, parked": (queue_put_get, 20_000),
+    "queue put, parked (full)": (queue_put_parked, 20_000),
     "lock (contended)": (lock_contended, 20_000),
+    "semaphore (contended)": (semaphore_contended, 20_000),
+    "condition wait/notify": (condition_wait_notify, 10_000),
     "event wait/set": (event_wait_set, 10_000),
     "run_in_executor": (run_in_executor, 4_000),
     "async for, 1 in 4 break": (async_for(4), 20_000),
