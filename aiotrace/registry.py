@@ -197,6 +197,19 @@ def _server_patches() -> List[Patch]:
     return patches
 
 
+def _loop_context(name: str) -> Callable[[Any], Any]:
+    def make(original: Any) -> Any:
+        from . import loops
+
+        return getattr(loops, name)(original)
+
+    return make
+
+
+_loop_init = _loop_context("patched_init")
+_loop_running = _loop_context("patched_set_running_loop")
+
+
 def _class_patches(group: str, module: str, names: Iterable[str]) -> List[Patch]:
     # asyncio re-exports every class of its submodules; code reaches them by both names.
     return [
@@ -213,6 +226,11 @@ def _all_patches() -> List[Patch]:
         *_class_patches("event", "asyncio.locks", ("Event",)),
         *_class_patches("semaphore", "asyncio.locks", ("Semaphore", "BoundedSemaphore")),
         *_class_patches("condition", "asyncio.locks", ("Condition",)),
+        # Loops that drop call_soon(context=) are repaired when they start (aiotrace/loops.py):
+        # what lets the classes above inherit asyncio's own waiting methods.
+        Patch("loop_context", "asyncio.base_events:BaseEventLoop", "__init__", _loop_init),
+        Patch("loop_context", "asyncio.events", "_set_running_loop", _loop_running),
+        Patch("loop_context", "asyncio", "_set_running_loop", _loop_running),
         Patch("executor", "concurrent.futures.thread:ThreadPoolExecutor", "submit", _submit),
         # if_imported: importing it means importing multiprocessing (10-20 ms measured here),
         # a cost every asyncio application would pay at install() for a pool it may not use.
@@ -237,6 +255,9 @@ def _all_patches() -> List[Patch]:
 PATCHES: Tuple[Patch, ...] = tuple(_all_patches())
 PATCH_NAMES: Tuple[str, ...] = tuple(dict.fromkeys(p.group for p in PATCHES))
 LOCK_PATCHES: FrozenSet[str] = frozenset({"lock", "event", "semaphore", "condition"})
+# The groups whose installed classes rely on ``loop_context`` for their waiter guarantee; it is
+# applied with any of them and never alone.
+WAITER_PATCHES: FrozenSet[str] = LOCK_PATCHES | {"queue"}
 
 
 class UnknownPatchError(ValueError):
@@ -314,6 +335,8 @@ def selected(
         excluded.add("server")
     if not close_asyncgens:
         excluded.add("asyncgen")
+    if excluded >= WAITER_PATCHES:
+        excluded.add("loop_context")
     return frozenset(PATCH_NAMES).difference(excluded)
 
 
@@ -380,6 +403,7 @@ def install(
             _applied[key] = _Applied(patch, owner, original, replacement, owned)
             logger.debug("aiotrace: patched %s", patch.where)
         _sync_asyncgen_hooks()
+        _sync_loop_repairs()
         return _active()
 
 
@@ -410,6 +434,7 @@ def uninstall() -> None:
             else:
                 delattr(applied.owner, applied.patch.attribute)
         _sync_asyncgen_hooks()
+        _sync_loop_repairs()
 
 
 def _sync_asyncgen_hooks() -> None:
@@ -422,6 +447,13 @@ def _sync_asyncgen_hooks() -> None:
     asyncgens.set_recording("asyncgen" in _active())
     # A loop running now installed its async generator hooks when it started.
     asyncgens.sync_running_loop_hooks()
+
+
+def _sync_loop_repairs() -> None:
+    # Only once the patch was made: then ``aiotrace.loops`` is imported.
+    loops = sys.modules.get(f"{__package__}.loops")
+    if loops is not None:
+        loops.set_repairing("loop_context" in _active())
 
 
 def _active() -> FrozenSet[str]:
