@@ -12,12 +12,13 @@ the task ``run_until_complete`` queues before the loop runs resumes in its own c
 starts running (``BaseEventLoop.run_forever`` calls ``asyncio.events._set_running_loop``, also
 replaced: a loop made before ``install()``) or, for the loop running in the thread that calls
 ``install()``, right away. The probe schedules a callback with a fresh ``contextvars.Context``
-through each of ``call_soon``, ``call_soon_threadsafe``, ``call_later`` and ``call_at`` and looks
-at the context it runs in. Where the loop hands back asyncio's own ``Handle`` (every loop built
-on ``BaseEventLoop``), the probe runs that handle at once, as the loop would, and cancels it: the
-loop is repaired before it runs anything else. Other loops run the probe when its turn comes
-(uvloop never calls the replaced functions: only a loop running at ``install()`` is probed
-there, and found honest).
+through ``call_soon`` and looks at the context it runs in; only if that one drops it are
+``call_soon_threadsafe``, ``call_later`` and ``call_at`` probed too (an honest loop never gets a
+probe's timer). Where the loop hands back asyncio's own ``Handle`` (every loop built on
+``BaseEventLoop``), the probe runs that handle at once, as the loop would, and cancels it (the
+loop skips it): the loop is repaired before it runs anything else. Other loops run the probe
+when its turn comes (uvloop never calls the replaced functions: only a loop running at
+``install()`` is probed there, and found honest).
 
 A method that drops ``context=`` is replaced on that loop instance only by one that schedules
 ``context.run(callback, *args)``: the loop's own handle then enters the context the caller
@@ -40,7 +41,7 @@ import functools
 import logging
 import threading
 import weakref
-from typing import Any, Callable, Dict, Iterable, Set, Tuple
+from typing import Any, Callable, Dict, Set, Tuple
 
 __all__ = [
     "METHODS",
@@ -55,7 +56,11 @@ logger = logging.getLogger("aiotrace")
 # The loop methods that take ``context=`` (all four since Python 3.7), and how many positional
 # arguments come before the callback.
 METHODS: Dict[str, int] = {"call_soon": 0, "call_soon_threadsafe": 0, "call_later": 1, "call_at": 1}
-_AT_INIT = ("call_soon", "call_later", "call_at")
+# The method asyncio itself passes ``context=`` to (every task step, every future callback): the
+# only one probed on every loop. The others are probed only on a loop whose ``call_soon`` drops
+# the context: a probe of ``call_later``/``call_at`` adds a timer, which a loop that is right
+# already should never see (CPython's own ``test_utils.TestLoop`` checks every timer it gets).
+_FIRST = ("call_soon",)
 
 _PROBE: contextvars.ContextVar[bool] = contextvars.ContextVar("aiotrace_probe", default=False)
 _lock = threading.Lock()
@@ -110,18 +115,22 @@ def _report(loop_ref: Any, name: str, honoured: bool) -> None:
             return
         repairs[name] = replacement
     logger.debug("aiotrace: %s.%s ignores context=; repaired", type(loop).__qualname__, name)
+    if name == "call_soon":
+        _probe(loop)  # a loop of that kind: its other methods too
 
 
-def _probe(loop: Any, names: Iterable[str] = METHODS) -> None:
-    """Probe the methods ``names`` of ``loop`` not probed yet (see the module docstring)."""
+def _probe(loop: Any) -> None:
+    """Probe the methods of ``loop`` not probed yet: ``call_soon``, and the others once
+    ``call_soon`` is known to drop ``context=`` (see the module docstring)."""
     with _lock:
         if not _state["on"]:
             return
         try:
             done = _probed.setdefault(loop, set())
+            dropping = "call_soon" in _repairs.get(loop, ())
         except TypeError:  # a loop without weak references: never repaired, never kept alive
             return
-        names = [name for name in names if name not in done]
+        names = [name for name in (METHODS if dropping else _FIRST) if name not in done]
         done.update(names)
     if not names:
         return
@@ -129,10 +138,10 @@ def _probe(loop: Any, names: Iterable[str] = METHODS) -> None:
     ctx = contextvars.Context()
     ctx.run(_PROBE.set, True)
     for name in names:
-        when: Tuple[Any, ...] = ()
-        if METHODS[name]:
-            when = (0,) if name == "call_later" else (loop.time(),)
         try:
+            when: Tuple[Any, ...] = ()
+            if METHODS[name]:
+                when = (0,) if name == "call_later" else (loop.time(),)
             handle = getattr(loop, name)(
                 *when, lambda name=name: _report(loop_ref, name, _PROBE.get()), context=ctx
             )
@@ -149,20 +158,20 @@ def _probe(loop: Any, names: Iterable[str] = METHODS) -> None:
 
 
 def patched_init(original: Callable[[Any], None]) -> Callable[[Any], None]:
-    """``BaseEventLoop.__init__`` that probes the new loop before anything is scheduled on it
-    (``call_soon_threadsafe`` waits for the loop to start: a subclass is still being set up)."""
+    """``BaseEventLoop.__init__`` that probes the new loop's ``call_soon`` before anything is
+    scheduled on it."""
 
     @functools.wraps(original)
     def __init__(self: Any) -> None:
         original(self)
-        _probe(self, _AT_INIT)
+        _probe(self)
 
     return __init__
 
 
 def patched_set_running_loop(original: Callable[[Any], None]) -> Callable[[Any], None]:
-    """``asyncio.events._set_running_loop`` that probes a loop when it starts running: the
-    methods not probed yet (every one, for a loop made before ``install()``)."""
+    """``asyncio.events._set_running_loop`` that probes a loop when it starts running, if that
+    was not done yet (a loop made before ``install()``, a subclass not ready in ``__init__``)."""
 
     @functools.wraps(original)
     def _set_running_loop(loop: Any) -> None:
