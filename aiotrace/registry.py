@@ -226,7 +226,7 @@ def _all_patches() -> List[Patch]:
         *_class_patches("event", "asyncio.locks", ("Event",)),
         *_class_patches("semaphore", "asyncio.locks", ("Semaphore", "BoundedSemaphore")),
         *_class_patches("condition", "asyncio.locks", ("Condition",)),
-        # Loops that drop call_soon(context=) are repaired when they start (aiotrace/loops.py):
+        # Loops that drop call_soon(context=) are repaired when made or started (aiotrace/loops.py):
         # what lets the classes above inherit asyncio's own waiting methods.
         Patch("loop_context", "asyncio.base_events:BaseEventLoop", "__init__", _loop_init),
         Patch("loop_context", "asyncio.events", "_set_running_loop", _loop_running),
