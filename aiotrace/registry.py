@@ -232,6 +232,15 @@ def _anyio_stream(name: str) -> Callable[[Any], Any]:
     return make
 
 
+def _loop_context(name: str) -> Callable[[Any], Any]:
+    def make(original: Any) -> Any:
+        from . import loops
+
+        return getattr(loops, name)(original)
+
+    return make
+
+
 def _anyio_stream_patches() -> List[Patch]:
     # if_imported: aiotrace never imports anyio; see aiotrace/anyio_streams.py.
     return [
@@ -244,6 +253,10 @@ def _anyio_stream_patches() -> List[Patch]:
         )
         for side, attribute in (("Send", "send_nowait"), ("Receive", "receive_nowait"))
     ]
+
+
+_loop_init = _loop_context("patched_init")
+_loop_running = _loop_context("patched_set_running_loop")
 
 
 def _class_patches(group: str, module: str, names: Iterable[str]) -> List[Patch]:
@@ -262,6 +275,11 @@ def _all_patches() -> List[Patch]:
         *_class_patches("event", "asyncio.locks", ("Event",)),
         *_class_patches("semaphore", "asyncio.locks", ("Semaphore", "BoundedSemaphore")),
         *_class_patches("condition", "asyncio.locks", ("Condition",)),
+        # Loops that drop call_soon(context=) are repaired when made or started (aiotrace/loops.py):
+        # what lets the classes above inherit asyncio's own waiting methods.
+        Patch("loop_context", "asyncio.base_events:BaseEventLoop", "__init__", _loop_init),
+        Patch("loop_context", "asyncio.events", "_set_running_loop", _loop_running),
+        Patch("loop_context", "asyncio", "_set_running_loop", _loop_running),
         Patch("executor", "concurrent.futures.thread:ThreadPoolExecutor", "submit", _submit),
         # if_imported: importing it means importing multiprocessing (10-20 ms measured here),
         # a cost every asyncio application would pay at install() for a pool it may not use.
@@ -287,6 +305,9 @@ def _all_patches() -> List[Patch]:
 PATCHES: Tuple[Patch, ...] = tuple(_all_patches())
 PATCH_NAMES: Tuple[str, ...] = tuple(dict.fromkeys(p.group for p in PATCHES))
 LOCK_PATCHES: FrozenSet[str] = frozenset({"lock", "event", "semaphore", "condition"})
+# The groups whose installed classes rely on ``loop_context`` for their waiter guarantee; it is
+# applied with any of them and never alone.
+WAITER_PATCHES: FrozenSet[str] = LOCK_PATCHES | {"queue"}
 
 
 class UnknownPatchError(ValueError):
@@ -379,6 +400,8 @@ def selected(
         excluded.add("server")
     if not close_asyncgens:
         excluded.add("asyncgen")
+    if excluded >= WAITER_PATCHES:
+        excluded.add("loop_context")
     return frozenset(PATCH_NAMES).difference(excluded)
 
 
@@ -420,6 +443,8 @@ def install(
             where = "the running loop's async generator hooks"
             syncing = True
             _sync_asyncgen_hooks()
+            where = "the repair of event loops that drop call_soon(context=)"
+            _sync_loop_repairs()
             where = "the finder that patches uvloop and process pools when they load"
             _follow_late_modules()
         except BaseException as exc:
@@ -484,12 +509,12 @@ def _roll_back(done: List[Tuple[str, str]], synced: bool) -> None:
         if applied is not None:
             _restore(applied)
             resync = resync or applied.patch.group == "asyncgen"
-    if not resync:
-        return
     try:
-        _sync_asyncgen_hooks()
+        _sync_loop_repairs()  # loops repaired by this call are given back their own methods
+        if resync:
+            _sync_asyncgen_hooks()
     except Exception as exc:  # the error being reported is the one that made install() fail
-        logger.warning("aiotrace: could not resync the async generator hooks: %r", exc)
+        logger.warning("aiotrace: could not resync the loops' hooks: %r", exc)
 
 
 def _follow_late_modules() -> None:
@@ -528,6 +553,7 @@ def uninstall() -> None:
         for key in reversed(list(_applied)):
             _restore(_applied.pop(key))
         _sync_asyncgen_hooks()
+        _sync_loop_repairs()
 
 
 def _restore(applied: _Applied) -> None:
@@ -556,6 +582,13 @@ def _sync_asyncgen_hooks() -> None:
     asyncgens.set_recording("asyncgen" in _active())
     # A loop running now installed its async generator hooks when it started.
     asyncgens.sync_running_loop_hooks()
+
+
+def _sync_loop_repairs() -> None:
+    # Only once the patch was made: then ``aiotrace.loops`` is imported.
+    loops = sys.modules.get(f"{__package__}.loops")
+    if loops is not None:
+        loops.set_repairing("loop_context" in _active())
 
 
 def _active() -> FrozenSet[str]:

@@ -111,10 +111,23 @@ def test_installed_asyncio_classes_resume_waiter_in_own_context(run, spans, scen
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_patch_locks_false_leaves_the_stdlib_failure(drop_run, spans, scenario):
+    # Without the queue group either, the dropping loop is not repaired (``loop_context`` goes
+    # with the waiter groups, see test_loops.py).
+    aiotrace.install(patch_locks=False, patch_queue=False)
+    assert asyncio.Lock is STDLIB.Lock
+    assert "loop_context" not in aiotrace.installed()
+    drop_run(SCENARIOS[scenario].run(asyncio, tracer))
+    assert spans.parent("after") == "waker"
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_patch_locks_false_leaves_asyncio_classes_on_a_repaired_loop(drop_run, spans, scenario):
+    """With the queue group on, the dropping loop is repaired: asyncio's own classes, left in
+    place by ``patch_locks=False``, resume their waiters in their own context too."""
     aiotrace.install(patch_locks=False)
     assert asyncio.Lock is STDLIB.Lock
     drop_run(SCENARIOS[scenario].run(asyncio, tracer))
-    assert spans.parent("after") == "waker"
+    assert spans.parent("after") == "waiter"
 
 
 def test_cancelled_waiter_resumes_in_own_context(run, spans):

@@ -32,6 +32,8 @@ MODULES = [
     "test.test_asyncio.test_sslproto",
     "test.test_asyncio.test_server",
     "test.test_asyncio.test_streams",
+    # 3.14+: asyncio.capture_call_graph() must not show aiotrace's frames (tests/test_call_graph.py)
+    "test.test_asyncio.test_graph",
     "test.test_asyncgen",
     "test.test_asyncio.test_graph",  # 3.14+: asyncio.capture_call_graph() and friends
 ]
