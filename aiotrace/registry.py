@@ -256,7 +256,7 @@ def _anyio_stream_patches() -> List[Patch]:
 
 
 _loop_init = _loop_context("patched_init")
-_loop_running = _loop_context("patched_set_running_loop")
+_loop_running = _loop_context("patched_run_forever")
 
 
 def _class_patches(group: str, module: str, names: Iterable[str]) -> List[Patch]:
@@ -278,8 +278,7 @@ def _all_patches() -> List[Patch]:
         # Loops that drop call_soon(context=) are repaired when made or started (aiotrace/loops.py):
         # what lets the classes above inherit asyncio's own waiting methods.
         Patch("loop_context", "asyncio.base_events:BaseEventLoop", "__init__", _loop_init),
-        Patch("loop_context", "asyncio.events", "_set_running_loop", _loop_running),
-        Patch("loop_context", "asyncio", "_set_running_loop", _loop_running),
+        Patch("loop_context", "asyncio.base_events:BaseEventLoop", "run_forever", _loop_running),
         Patch("executor", "concurrent.futures.thread:ThreadPoolExecutor", "submit", _submit),
         # if_imported: importing it means importing multiprocessing (10-20 ms measured here),
         # a cost every asyncio application would pay at install() for a pool it may not use.
