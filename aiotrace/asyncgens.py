@@ -85,6 +85,18 @@ _CTask: Any = getattr(asyncio.tasks, "_CTask", None)  # None where _asyncio is n
 _last_task: List[Any] = [None, None]
 _referents = gc.get_referents
 
+# Generators started by a task, by ``id(task)``: (weak reference to the task, ids of the
+# generators). The task's done callback (added once, at its first generator) looks them up.
+_owned: Dict[int, Tuple[Any, List[int]]] = {}
+# Orphans: generators left suspended when the task that started them finished (a cancelled
+# stream, for instance), by ``id(agen)``: [their record, full collections survived while still
+# referenced elsewhere]. The collector's callback keeps each alive through a collection.
+_orphans: Dict[int, List[Any]] = {}
+_held: List[Any] = []  # the orphans kept alive during the collection under way
+# An orphan still referenced elsewhere after this many full collections (a generator handed to
+# another task, or one in a reference cycle through itself) is left to the collector again.
+_ORPHAN_FULL_COLLECTIONS = 2
+
 
 def released_foreign_tokens() -> int:
     """Always 0: aiotrace no longer hides OpenTelemetry's ``Failed to detach context`` for a
@@ -236,7 +248,13 @@ def set_recording(on: bool) -> None:
     ``shutdown_asyncgens`` (asyncio's again) closes it."""
     _recording[0] = on
     if on:
+        if _on_collection not in gc.callbacks:
+            gc.callbacks.append(_on_collection)
         return
+    with contextlib.suppress(ValueError):
+        gc.callbacks.remove(_on_collection)
+    _owned.clear()
+    _orphans.clear()
     running = asyncio.events._get_running_loop()
     for key, record in list(_started.items()):
         if _started.pop(key, None) is None:
@@ -256,6 +274,9 @@ def _sweep() -> None:
     for key, record in list(_started.items()):
         if record[0]() is None:
             _started.pop(key, None)
+    for key, (task_ref, _) in list(_owned.items()):
+        if task_ref() is None:  # a task freed unfinished: its done callback never ran
+            _owned.pop(key, None)
     _sweep_at[0] = max(1024, 2 * len(_started))
 
 
@@ -292,7 +313,15 @@ def patched_firstiter(original: Hook) -> Hook:
             if type(context) is not contextvars.Context:
                 context = _task_context_before_312(task)
             _last_task[0], _last_task[1] = task_ref, context
-        _started[id(agen)] = (ref(agen), self, task_ref, context, get_current())
+        key = id(agen)
+        _started[key] = (ref(agen), self, task_ref, context, get_current())
+        if context is not None:
+            owned = _owned.get(id(task))
+            if owned is not None and owned[0] is task_ref:
+                owned[1].append(key)
+            else:
+                _owned[id(task)] = (task_ref, [key])
+                task.add_done_callback(_owner_done)
 
     return like(original)(_asyncgen_firstiter_hook)
 
@@ -356,6 +385,97 @@ def _close(loop: Any, agen: Any, record: _Started, original: Hook) -> None:
             attach(before)
     else:
         loop.create_task(_finish_aclose(athrow, yielded, runner))
+
+
+def _owner_done(task: Any) -> None:
+    """Done callback of a task that started generators: those still suspended become orphans.
+
+    Such a generator cannot be closed in place any more, and it is usually garbage soon (the
+    client of a stream left; Starlette's response holds ``body_iterator`` in a reference cycle).
+    Left to the cyclic collector, it is finalized in the same pass as OpenTelemetry's
+    ``start_as_current_span`` generator suspended inside it, in an order aiotrace does not
+    choose (a younger object often comes first), or in another thread: that generator's detach
+    then runs outside the task's context. :func:`_on_collection` prevents both."""
+    owned = _owned.get(id(task))
+    if owned is None or owned[0]() is not task:
+        return
+    del _owned[id(task)]
+    for key in owned[1]:
+        record = _started.get(key)
+        if record is None or record[2]() is not task:
+            continue
+        agen = record[0]()
+        if agen is not None and agen.ag_frame is not None and not agen.ag_running:
+            _orphans[key] = [record, 0]
+
+
+class _Marker:
+    """A fresh object referenced only by the list of held orphans: its reference count is
+    that of an orphan nothing else holds (whatever the interpreter counts for a loop variable
+    and an argument)."""
+
+    __slots__ = ()
+
+
+def _on_collection(phase: str, info: Dict[str, int]) -> None:
+    """``gc.callbacks`` entry. Before a collection: every orphan is held (strongly), so that
+    neither it nor OpenTelemetry's generators suspended inside it are finalized by the
+    collector. After it: an orphan that only this hold keeps alive would have been garbage; it
+    is closed on its loop's thread (``call_soon_threadsafe``: the collector may run in any
+    thread) in its task's context, where its tokens' detach succeeds. The others are released.
+    """
+    if phase == "start":
+        _hold_orphans()
+    elif _held:
+        _close_unreferenced_orphans(info.get("generation") == 2)
+
+
+def _hold_orphans() -> None:
+    for key, entry in list(_orphans.items()):
+        record = entry[0]
+        agen = record[0]()
+        if agen is None or agen.ag_frame is None or _started.get(key) is not record:
+            _orphans.pop(key, None)
+        else:
+            _held.append(agen)
+
+
+def _close_unreferenced_orphans(full: bool) -> None:
+    _held.insert(0, _Marker())
+    closing: List[Tuple[Any, _Started]] = []
+    alone = -1
+    for agen in _held:
+        # The same loop variable and call for the marker first: no assumption about what the
+        # interpreter counts for them (3.14 borrows some references).
+        if alone < 0:
+            alone = sys.getrefcount(agen)
+            continue
+        key = id(agen)
+        entry = _orphans.get(key)
+        if entry is None:
+            continue
+        if sys.getrefcount(agen) > alone:
+            entry[1] += full
+            if entry[1] >= _ORPHAN_FULL_COLLECTIONS:
+                del _orphans[key]
+            continue
+        del _orphans[key]
+        if _started.get(key) is entry[0]:
+            del _started[key]
+            closing.append((agen, entry[0]))
+    _held.clear()
+    for agen, record in closing:
+        loop = record[1]
+        if asyncio.events._get_running_loop() is loop:
+            _close(loop, agen, record, _create_aclose_task)  # at once, as the finalizer would
+        else:
+            with contextlib.suppress(RuntimeError):  # closed: its shutdown is over
+                loop.call_soon_threadsafe(_close, loop, agen, record, _create_aclose_task)
+
+
+def _create_aclose_task(loop: Any, agen: Any) -> None:
+    """What asyncio's (and uvloop's) finalizer hook does on the loop's thread."""
+    loop.create_task(agen.aclose())
 
 
 def _step_or_busy(runner: Optional[_InContext], method: Callable[[Any], Any], arg: Any) -> Any:

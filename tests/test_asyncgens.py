@@ -642,14 +642,29 @@ def _failure_threads(caplog):
 
 
 def test_unreachable_collector_in_another_thread(honest_run, spans, caplog, collector_by_hand):
-    """The cyclic collector runs in another thread (any thread that allocates can trigger it).
-    aiotrace leaves the close to the loop's thread, as asyncio does (the cleanup may await,
-    which needs the loop); but the same collection also finalizes OpenTelemetry's own
+    """The cyclic collector runs in another thread (any thread that allocates can trigger it)
+    while the task that started the generator is still running (a generator of a finished task
+    is kept out of the collector's hands: see
+    ``test_generator_of_a_finished_task_closed_before_otels_generator_is_collected``). aiotrace
+    leaves the close to the loop's thread, as asyncio does (the cleanup may await, which needs
+    the loop); but the same collection also finalizes OpenTelemetry's own
     ``start_as_current_span`` generator, suspended inside the async generator, and its detach
     runs right there, in that thread's context. Stock asyncio logs the same failure."""
     aiotrace.install()
     log = []
-    assert honest_run(abandoned_stream(log, "in-another-thread", keep_task=False)) == [[]]
+
+    async def main():
+        with tracer.start_as_current_span("request"):
+            holder = Holder(spanning_gen(log))
+            await holder.gen.__anext__()
+            del holder
+            thread = threading.Thread(target=gc.collect)
+            thread.start()
+            thread.join()
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+    honest_run(main())
     assert log == ["finally"]
     assert spans.parent("gen") == "request"
     threads = _failure_threads(caplog)
@@ -807,3 +822,81 @@ def test_each_task_gets_its_own_context_recorded(honest_run, spans, caplog):
     honest_run(main())
     assert log == ["finally"] * 6
     assert detach_failures(caplog) == []
+
+
+# -- a generator whose owner task is done, collected with OpenTelemetry's generator first ------
+
+
+async def chunks(log):
+    """The realstack app's stream body: a span per chunk, a new OpenTelemetry generator each."""
+    try:
+        for i in range(3):
+            with tracer.start_as_current_span("chunk"):
+                yield i
+    finally:
+        log.append("finally")
+
+
+async def stream_aged(box, sent):
+    """Iterates like Starlette's ``stream_response``, with a young collection after the first
+    chunk: the async generator then sits in an older generation of the collector than the
+    OpenTelemetry generator that the second chunk makes."""
+    async for chunk in box.pop().body_iterator:
+        sent.append(chunk)
+        if len(sent) == 1:
+            gc.collect(0)
+        else:
+            await asyncio.Event().wait()  # the client stopped reading: until cancelled
+
+
+async def abandoned_aged_stream(log, collect):
+    with tracer.start_as_current_span("request"):
+        response = Response(chunks(log))
+        sent = []
+        task = asyncio.create_task(stream_aged([response], sent))
+        while len(sent) < 2:
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        del response, task
+    await asyncio.sleep(0)  # the task's done callbacks
+    collect()
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def _collect_in_thread():
+    thread = threading.Thread(target=gc.collect)
+    thread.start()
+    thread.join()
+
+
+@pytest.mark.parametrize("where", ["loop-thread", "other-thread"])
+@pytest.mark.parametrize("installed", [False, True], ids=["stock", "installed"])
+def test_generator_of_a_finished_task_closed_before_otels_generator_is_collected(
+    honest_run, spans, caplog, collector_by_hand, installed, where
+):
+    """The realstack failure (issue 14): the stream task is cancelled, the generator is left in
+    a reference cycle, and a full collection finalizes OpenTelemetry's ``start_as_current_span``
+    generator of the current chunk *before* the async generator (younger generations are merged
+    after the oldest one, so an object of generation 0 comes before one of generation 1), or in
+    another thread, where the close must wait for the loop: either way its detach runs outside
+    the task's context ("Failed to detach context"; stock: CPython 3.8-3.15, both loops). aiotrace
+    keeps a generator whose task is done alive through each collection and closes it on the loop,
+    in that task's context, once nothing else holds it."""
+    if installed:
+        aiotrace.install()
+    log = []
+    collect = gc.collect if where == "loop-thread" else _collect_in_thread
+    honest_run(abandoned_aged_stream(log, collect))
+    failures = [r.getMessage() for r in detach_failures(caplog)]
+    if installed:
+        assert failures == []
+        assert log == ["finally"]
+        chunk_spans = [s for s in spans.all if s.name == "chunk"]
+        request = spans.named("request").context.span_id
+        assert [s.parent.span_id for s in chunk_spans] == [request, request]
+    else:
+        assert failures == [DETACH_FAILURE]
+    caplog.clear()  # the stock failure is what this shows
