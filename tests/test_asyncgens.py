@@ -13,6 +13,8 @@ import weakref
 import pytest
 from conftest import LOOPS, run_on, tracer, uvloop
 from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.trace import SpanProcessor
 
 import aiotrace
 from aiotrace import asyncgens, registry
@@ -898,5 +900,82 @@ def test_generator_of_a_finished_task_closed_before_otels_generator_is_collected
         request = spans.named("request").context.span_id
         assert [s.parent.span_id for s in chunk_spans] == [request, request]
     else:
+        assert failures == [DETACH_FAILURE]
+    caplog.clear()  # the stock failure is what this shows
+
+
+class _PausingProcessor(SpanProcessor):
+    """Holds a thread other than the main one in ``on_end`` of the span named ``name``, until
+    released: the collector's thread, in the middle of finalizing OpenTelemetry's generator."""
+
+    def __init__(self) -> None:
+        self.name = None
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def on_end(self, span) -> None:
+        if span.name == self.name and threading.current_thread() is not threading.main_thread():
+            self.reached.set()
+            self.release.wait(30)
+
+
+@pytest.fixture
+def pausing():
+    processor = _PausingProcessor()
+    otel_trace.get_tracer_provider().add_span_processor(processor)  # one per test: inert after
+    yield processor
+    processor.name = None
+    processor.release.set()
+
+
+@pytest.mark.parametrize("installed", [False, True], ids=["stock", "installed"])
+def test_collector_thread_and_loop_never_run_otels_generator_at_once(
+    honest_run, spans, caplog, collector_by_hand, pausing, installed
+):
+    """The realstack server's "Task exception was never retrieved ... ValueError('generator
+    already executing')": a collection in another thread finalizes the async generator (the
+    hook hands its close to the loop's thread) and, in the same pass, OpenTelemetry's generator
+    suspended inside it, whose ``finally`` ends the span (here held there by a span processor).
+    Meanwhile the loop's thread runs the close, whose ``with`` exit throws into that very
+    generator. Stock asyncio does the same (3.8-3.15, both loops). With aiotrace the generator
+    of a finished task is held through the collection: nothing of it runs in that thread."""
+    if installed:
+        aiotrace.install()
+    log = []
+
+    async def main():
+        errors = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: errors.append(ctx))
+        with tracer.start_as_current_span("request"):
+            response = Response(spanning_gen(log))
+            sent = []
+            task = asyncio.create_task(stream([response], sent))
+            while not sent:
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            del response, task
+        await asyncio.sleep(0)  # the task's done callbacks
+        pausing.name = "gen"
+        thread = threading.Thread(target=gc.collect)
+        thread.start()
+        while not pausing.reached.is_set() and thread.is_alive():
+            await asyncio.sleep(0)
+        for _ in range(5):  # what the collection handed to the loop runs now
+            await asyncio.sleep(0)
+        pausing.release.set()
+        thread.join()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        return [repr(ctx.get("exception")) for ctx in errors]
+
+    errors = honest_run(main())
+    failures = [r.getMessage() for r in detach_failures(caplog)]
+    if installed:
+        assert (errors, failures, log) == ([], [], ["finally"])
+        assert spans.parent("gen") == "request"
+    else:
+        assert errors == [repr(ValueError("generator already executing"))]
         assert failures == [DETACH_FAILURE]
     caplog.clear()  # the stock failure is what this shows
