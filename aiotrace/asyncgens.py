@@ -19,6 +19,10 @@ may be done or gone), and from another thread once the loop's thread gets to it.
 matters for the collector: OpenTelemetry's ``start_as_current_span`` generator, suspended inside
 the async generator, is garbage in the same pass, and is finalized right after it. A cleanup
 that awaits continues as a task whose steps run in the recorded context (:class:`_InContext`).
+A generator still suspended when its task finishes (a cancelled stream) is an
+orphan: the collector's order among the objects of a cycle is not theirs, and it may run in
+another thread, so each collection holds the orphans alive and afterwards closes, in the loop's
+thread, those that nothing else holds (:func:`_on_collection`).
 An error in the cleanup reaches the loop's exception handler from a failed task, as asyncio
 reports it. Where the context cannot be had, asyncio's own hook runs (docs/async-generators.md
 lists those cases).
@@ -424,6 +428,8 @@ def _on_collection(phase: str, info: Dict[str, int]) -> None:
     is closed on its loop's thread (``call_soon_threadsafe``: the collector may run in any
     thread) in its task's context, where its tokens' detach succeeds. The others are released.
     """
+    if not _orphans and not _held:
+        return
     if phase == "start":
         _hold_orphans()
     elif _held:
