@@ -330,13 +330,14 @@ def _serve(stack: Stack, mode: str, on: bool, loop: str, tmp_path: Path) -> dict
         log = server.stop()
     spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
     detach = sum(line.startswith(DETACH) for line in log.splitlines())
-    # Printed, not asserted: seen with aiotrace off as much as on, all after the /stream
-    # disconnects (the garbage collector closes OpenTelemetry's own start_as_current_span
-    # generators, or an async generator's aclose() races with its finalization).
+    # Seen with aiotrace off, all after the /stream disconnects (the garbage collector closes
+    # OpenTelemetry's own start_as_current_span generators, or an async generator's aclose()
+    # races with its finalization in another thread); asserted to be 0 with aiotrace on.
     others = sum(line.startswith(OTHER_ERRORS) for line in log.splitlines())
     result = {
         "problems": _problems(spans, requests),
         "detach": detach,
+        "others": others,
         "detach_before_stream": reported["before_stream"],
         "patched": reported["patched"],
         "log": log,
@@ -373,6 +374,9 @@ def test_no_detach_error_after_stream_disconnects_with_aiotrace_on() -> None:
     """The /stream generators, left suspended in a span by a cancelled task and freed by the
     garbage collector (in the loop's thread, or in a thread-pool worker running the sync
     /detach-errors route), are closed in their task's context: see docs/async-generators.md."""
-    on = {key: r["detach"] for key, r in RESULTS.items() if key[2]}
+    on = {key: (r["detach"], r["others"]) for key, r in RESULTS.items() if key[2]}
     assert on, "test_span_trees did not run"
-    assert sum(on.values()) == 0, on
+    # Nor the other errors the same collections log with aiotrace off: OpenTelemetry's own
+    # generator finalized by the collector ("Exception ignored in"), a close racing with it in
+    # another thread ("Task exception was never retrieved ... generator already executing").
+    assert all(counts == (0, 0) for counts in on.values()), on
