@@ -90,7 +90,9 @@ _last_task: List[Any] = [None, None]
 _referents = gc.get_referents
 
 # Generators started by a task, by ``id(task)``: (weak reference to the task, ids of the
-# generators). The task's done callback (added once, at its first generator) looks them up.
+# generators). Looked at when a collection starts (and at a sweep): a task done or freed
+# leaves its suspended generators as orphans. (A done callback per task would cost about
+# 17 000 instructions: asyncio schedules it as a Handle.)
 _owned: Dict[int, Tuple[Any, List[int]]] = {}
 # Orphans: generators left suspended when the task that started them finished (a cancelled
 # stream, for instance), by ``id(agen)``: [their record, full collections survived while still
@@ -278,9 +280,10 @@ def _sweep() -> None:
     for key, record in list(_started.items()):
         if record[0]() is None:
             _started.pop(key, None)
-    for key, (task_ref, _) in list(_owned.items()):
-        if task_ref() is None:  # a task freed unfinished: its done callback never ran
-            _owned.pop(key, None)
+    _settle_finished_tasks()  # the collector may be off: nothing else would
+    for key, entry in list(_orphans.items()):
+        if entry[0][0]() is None:
+            _orphans.pop(key, None)
     _sweep_at[0] = max(1024, 2 * len(_started))
 
 
@@ -321,11 +324,13 @@ def patched_firstiter(original: Hook) -> Hook:
         _started[key] = (ref(agen), self, task_ref, context, get_current())
         if context is not None:
             owned = _owned.get(id(task))
-            if owned is not None and owned[0] is task_ref:
-                owned[1].append(key)
-            else:
+            if owned is None:
                 _owned[id(task)] = (task_ref, [key])
-                task.add_done_callback(_owner_done)
+            elif owned[0]() is task:
+                owned[1].append(key)
+            else:  # a task freed before a collection looked at it; its id is reused
+                _settle(owned[1], None)
+                _owned[id(task)] = (task_ref, [key])
 
     return like(original)(_asyncgen_firstiter_hook)
 
@@ -391,8 +396,9 @@ def _close(loop: Any, agen: Any, record: _Started, original: Hook) -> None:
         loop.create_task(_finish_aclose(athrow, yielded, runner))
 
 
-def _owner_done(task: Any) -> None:
-    """Done callback of a task that started generators: those still suspended become orphans.
+def _settle(keys: List[int], task: Any) -> None:
+    """The generators ``keys`` of ``task`` (done, or None: freed) that are still suspended
+    become orphans.
 
     Such a generator cannot be closed in place any more, and it is usually garbage soon (the
     client of a stream left; Starlette's response holds ``body_iterator`` in a reference cycle).
@@ -400,17 +406,21 @@ def _owner_done(task: Any) -> None:
     ``start_as_current_span`` generator suspended inside it, in an order aiotrace does not
     choose (a younger object often comes first), or in another thread: that generator's detach
     then runs outside the task's context. :func:`_on_collection` prevents both."""
-    owned = _owned.get(id(task))
-    if owned is None or owned[0]() is not task:
-        return
-    del _owned[id(task)]
-    for key in owned[1]:
+    for key in keys:
         record = _started.get(key)
         if record is None or record[2]() is not task:
             continue
         agen = record[0]()
         if agen is not None and agen.ag_frame is not None and not agen.ag_running:
             _orphans[key] = [record, 0]
+
+
+def _settle_finished_tasks() -> None:
+    for tid, (task_ref, keys) in list(_owned.items()):
+        task = task_ref()
+        if task is None or task.done():
+            _owned.pop(tid, None)
+            _settle(keys, task)
 
 
 class _Marker:
@@ -428,10 +438,11 @@ def _on_collection(phase: str, info: Dict[str, int]) -> None:
     is closed on its loop's thread (``call_soon_threadsafe``: the collector may run in any
     thread) in its task's context, where its tokens' detach succeeds. The others are released.
     """
-    if not _orphans and not _held:
-        return
     if phase == "start":
-        _hold_orphans()
+        if _owned:
+            _settle_finished_tasks()
+        if _orphans:
+            _hold_orphans()
     elif _held:
         _close_unreferenced_orphans(info.get("generation") == 2)
 
