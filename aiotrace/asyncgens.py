@@ -93,7 +93,7 @@ _referents = gc.get_referents
 # generators). Looked at when a collection starts (and at a sweep): a task done or freed
 # leaves its suspended generators as orphans. (A done callback per task would cost about
 # 17 000 instructions: asyncio schedules it as a Handle.)
-_owned: Dict[int, Tuple[Any, List[int]]] = {}
+_owned: Dict[int, Tuple[Any, List[int], List[int]]] = {}  # the last: [length to prune at]
 # Orphans: generators left suspended when the task that started them finished (a cancelled
 # stream, for instance), by ``id(agen)``: [their record, full collections survived while still
 # referenced elsewhere]. The collector's callback keeps each alive through a collection.
@@ -323,14 +323,7 @@ def patched_firstiter(original: Hook) -> Hook:
         key = id(agen)
         _started[key] = (ref(agen), self, task_ref, context, get_current())
         if context is not None:
-            owned = _owned.get(id(task))
-            if owned is None:
-                _owned[id(task)] = (task_ref, [key])
-            elif owned[0]() is task:
-                owned[1].append(key)
-            else:  # a task freed before a collection looked at it; its id is reused
-                _settle(owned[1], None)
-                _owned[id(task)] = (task_ref, [key])
+            _note_owner(task, task_ref, key)
 
     return like(original)(_asyncgen_firstiter_hook)
 
@@ -415,8 +408,32 @@ def _settle(keys: List[int], task: Any) -> None:
             _orphans[key] = [record, 0]
 
 
+def _note_owner(task: Any, task_ref: Any, key: int) -> None:
+    """Adds generator ``key`` to ``task``'s list in ``_owned``."""
+    owned = _owned.get(id(task))
+    if owned is None:
+        _owned[id(task)] = (task_ref, [key], [64])
+    elif owned[0]() is task:
+        keys = owned[1]
+        keys.append(key)
+        if len(keys) >= owned[2][0]:  # a long-lived task: keep the suspended ones, once each
+            keys[:] = [k for k in dict.fromkeys(keys) if _suspended(k, task_ref)]
+            owned[2][0] = max(64, 2 * len(keys))
+    else:  # a task freed before a collection looked at it, whose id is reused
+        _settle(owned[1], None)
+        _owned[id(task)] = (task_ref, [key], [64])
+
+
+def _suspended(key: int, task_ref: Any) -> bool:
+    record = _started.get(key)
+    if record is None or record[2] is not task_ref:
+        return False
+    agen = record[0]()
+    return agen is not None and agen.ag_frame is not None
+
+
 def _settle_finished_tasks() -> None:
-    for tid, (task_ref, keys) in list(_owned.items()):
+    for tid, (task_ref, keys, _) in list(_owned.items()):
         task = task_ref()
         if task is None or task.done():
             _owned.pop(tid, None)

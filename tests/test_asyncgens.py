@@ -979,3 +979,17 @@ def test_collector_thread_and_loop_never_run_otels_generator_at_once(
         assert errors == [repr(ValueError("generator already executing"))]
         assert failures == [DETACH_FAILURE]
     caplog.clear()  # the stock failure is what this shows
+
+
+def test_a_long_lived_task_keeps_no_growing_list_of_its_generators(honest_run, collector_by_hand):
+    """A worker task that starts generator after generator (run to the end) and never finishes:
+    aiotrace's list of its generators, looked at when the task is done, stays short."""
+    aiotrace.install()
+
+    async def main():
+        for _ in range(1000):
+            async for _ in plain_gen([]):
+                pass
+        return len(asyncgens._owned[id(asyncio.current_task())][1])
+
+    assert honest_run(main()) < 64
