@@ -488,14 +488,15 @@ def _close_unreferenced_orphans(full: bool) -> None:
         entry = _orphans.get(key)
         if entry is None:
             continue
+        # pop(), not del: the loop's thread may run while a finalizer of this collection does
+        # I/O, and sweep the same entries.
         if sys.getrefcount(agen) > alone:
             entry[1] += full
             if entry[1] >= _ORPHAN_FULL_COLLECTIONS:
-                del _orphans[key]
+                _orphans.pop(key, None)
             continue
-        del _orphans[key]
-        if _started.get(key) is entry[0]:
-            del _started[key]
+        _orphans.pop(key, None)
+        if _started.pop(key, None) is entry[0]:
             closing.append((agen, entry[0]))
     _held.clear()
     for agen, record in closing:
