@@ -19,6 +19,10 @@ may be done or gone), and from another thread once the loop's thread gets to it.
 matters for the collector: OpenTelemetry's ``start_as_current_span`` generator, suspended inside
 the async generator, is garbage in the same pass, and is finalized right after it. A cleanup
 that awaits continues as a task whose steps run in the recorded context (:class:`_InContext`).
+A generator still suspended when its task finishes (a cancelled stream) is an
+orphan: the collector's order among the objects of a cycle is not theirs, and it may run in
+another thread, so each collection holds the orphans alive and afterwards closes, in the loop's
+thread, those that nothing else holds (:func:`_on_collection`).
 An error in the cleanup reaches the loop's exception handler from a failed task, as asyncio
 reports it. Where the context cannot be had, asyncio's own hook runs (docs/async-generators.md
 lists those cases).
@@ -84,6 +88,20 @@ _CTask: Any = getattr(asyncio.tasks, "_CTask", None)  # None where _asyncio is n
 # the reference of a dead one.
 _last_task: List[Any] = [None, None]
 _referents = gc.get_referents
+
+# Generators started by a task, by ``id(task)``: (weak reference to the task, ids of the
+# generators). Looked at when a collection starts (and at a sweep): a task done or freed
+# leaves its suspended generators as orphans. (A done callback per task would cost about
+# 17 000 instructions: asyncio schedules it as a Handle.)
+_owned: Dict[int, Tuple[Any, List[int], List[int]]] = {}  # the last: [length to prune at]
+# Orphans: generators left suspended when the task that started them finished (a cancelled
+# stream, for instance), by ``id(agen)``: [their record, full collections survived while still
+# referenced elsewhere]. The collector's callback keeps each alive through a collection.
+_orphans: Dict[int, List[Any]] = {}
+_held: List[Any] = []  # the orphans kept alive during the collection under way
+# An orphan still referenced elsewhere after this many full collections (a generator handed to
+# another task, or one in a reference cycle through itself) is left to the collector again.
+_ORPHAN_FULL_COLLECTIONS = 2
 
 
 def released_foreign_tokens() -> int:
@@ -236,7 +254,13 @@ def set_recording(on: bool) -> None:
     ``shutdown_asyncgens`` (asyncio's again) closes it."""
     _recording[0] = on
     if on:
+        if _on_collection not in gc.callbacks:
+            gc.callbacks.append(_on_collection)
         return
+    with contextlib.suppress(ValueError):
+        gc.callbacks.remove(_on_collection)
+    _owned.clear()
+    _orphans.clear()
     running = asyncio.events._get_running_loop()
     for key, record in list(_started.items()):
         if _started.pop(key, None) is None:
@@ -256,6 +280,10 @@ def _sweep() -> None:
     for key, record in list(_started.items()):
         if record[0]() is None:
             _started.pop(key, None)
+    _settle_finished_tasks()  # the collector may be off: nothing else would
+    for key, entry in list(_orphans.items()):
+        if entry[0][0]() is None:
+            _orphans.pop(key, None)
     _sweep_at[0] = max(1024, 2 * len(_started))
 
 
@@ -292,7 +320,10 @@ def patched_firstiter(original: Hook) -> Hook:
             if type(context) is not contextvars.Context:
                 context = _task_context_before_312(task)
             _last_task[0], _last_task[1] = task_ref, context
-        _started[id(agen)] = (ref(agen), self, task_ref, context, get_current())
+        key = id(agen)
+        _started[key] = (ref(agen), self, task_ref, context, get_current())
+        if context is not None:
+            _note_owner(task, task_ref, key)
 
     return like(original)(_asyncgen_firstiter_hook)
 
@@ -356,6 +387,130 @@ def _close(loop: Any, agen: Any, record: _Started, original: Hook) -> None:
             attach(before)
     else:
         loop.create_task(_finish_aclose(athrow, yielded, runner))
+
+
+def _settle(keys: List[int], task: Any) -> None:
+    """The generators ``keys`` of ``task`` (done, or None: freed) that are still suspended
+    become orphans.
+
+    Such a generator cannot be closed in place any more, and it is usually garbage soon (the
+    client of a stream left; Starlette's response holds ``body_iterator`` in a reference cycle).
+    Left to the cyclic collector, it is finalized in the same pass as OpenTelemetry's
+    ``start_as_current_span`` generator suspended inside it, in an order aiotrace does not
+    choose (a younger object often comes first), or in another thread: that generator's detach
+    then runs outside the task's context. :func:`_on_collection` prevents both."""
+    for key in keys:
+        record = _started.get(key)
+        if record is None or record[2]() is not task:
+            continue
+        agen = record[0]()
+        if agen is not None and agen.ag_frame is not None and not agen.ag_running:
+            _orphans[key] = [record, 0]
+
+
+def _note_owner(task: Any, task_ref: Any, key: int) -> None:
+    """Adds generator ``key`` to ``task``'s list in ``_owned``."""
+    owned = _owned.get(id(task))
+    if owned is None:
+        _owned[id(task)] = (task_ref, [key], [64])
+    elif owned[0]() is task:
+        keys = owned[1]
+        keys.append(key)
+        if len(keys) >= owned[2][0]:  # a long-lived task: keep the suspended ones, once each
+            keys[:] = [k for k in dict.fromkeys(keys) if _suspended(k, task_ref)]
+            owned[2][0] = max(64, 2 * len(keys))
+    else:  # a task freed before a collection looked at it, whose id is reused
+        _settle(owned[1], None)
+        _owned[id(task)] = (task_ref, [key], [64])
+
+
+def _suspended(key: int, task_ref: Any) -> bool:
+    record = _started.get(key)
+    if record is None or record[2] is not task_ref:
+        return False
+    agen = record[0]()
+    return agen is not None and agen.ag_frame is not None
+
+
+def _settle_finished_tasks() -> None:
+    for tid, (task_ref, keys, _) in list(_owned.items()):
+        task = task_ref()
+        if task is None or task.done():
+            _owned.pop(tid, None)
+            _settle(keys, task)
+
+
+class _Marker:
+    """A fresh object referenced only by the list of held orphans: its reference count is
+    that of an orphan nothing else holds (whatever the interpreter counts for a loop variable
+    and an argument)."""
+
+    __slots__ = ()
+
+
+def _on_collection(phase: str, info: Dict[str, int]) -> None:
+    """``gc.callbacks`` entry. Before a collection: every orphan is held (strongly), so that
+    neither it nor OpenTelemetry's generators suspended inside it are finalized by the
+    collector. After it: an orphan that only this hold keeps alive would have been garbage; it
+    is closed on its loop's thread (``call_soon_threadsafe``: the collector may run in any
+    thread) in its task's context, where its tokens' detach succeeds. The others are released.
+    """
+    if phase == "start":
+        if _owned:
+            _settle_finished_tasks()
+        if _orphans:
+            _hold_orphans()
+    elif _held:
+        _close_unreferenced_orphans(info.get("generation") == 2)
+
+
+def _hold_orphans() -> None:
+    for key, entry in list(_orphans.items()):
+        record = entry[0]
+        agen = record[0]()
+        if agen is None or agen.ag_frame is None or _started.get(key) is not record:
+            _orphans.pop(key, None)
+        else:
+            _held.append(agen)
+
+
+def _close_unreferenced_orphans(full: bool) -> None:
+    _held.insert(0, _Marker())
+    closing: List[Tuple[Any, _Started]] = []
+    alone = -1
+    for agen in _held:
+        # The same loop variable and call for the marker first: no assumption about what the
+        # interpreter counts for them (3.14 borrows some references).
+        if alone < 0:
+            alone = sys.getrefcount(agen)
+            continue
+        key = id(agen)
+        entry = _orphans.get(key)
+        if entry is None:
+            continue
+        # pop(), not del: the loop's thread may run while a finalizer of this collection does
+        # I/O, and sweep the same entries.
+        if sys.getrefcount(agen) > alone:
+            entry[1] += full
+            if entry[1] >= _ORPHAN_FULL_COLLECTIONS:
+                _orphans.pop(key, None)
+            continue
+        _orphans.pop(key, None)
+        if _started.pop(key, None) is entry[0]:
+            closing.append((agen, entry[0]))
+    _held.clear()
+    for agen, record in closing:
+        loop = record[1]
+        if asyncio.events._get_running_loop() is loop:
+            _close(loop, agen, record, _create_aclose_task)  # at once, as the finalizer would
+        else:
+            with contextlib.suppress(RuntimeError):  # closed: its shutdown is over
+                loop.call_soon_threadsafe(_close, loop, agen, record, _create_aclose_task)
+
+
+def _create_aclose_task(loop: Any, agen: Any) -> None:
+    """What asyncio's (and uvloop's) finalizer hook does on the loop's thread."""
+    loop.create_task(agen.aclose())
 
 
 def _step_or_busy(runner: Optional[_InContext], method: Callable[[Any], Any], arg: Any) -> Any:

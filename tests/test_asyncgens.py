@@ -13,6 +13,8 @@ import weakref
 import pytest
 from conftest import LOOPS, run_on, tracer, uvloop
 from opentelemetry import context as otel_context
+from opentelemetry import trace as otel_trace
+from opentelemetry.sdk.trace import SpanProcessor
 
 import aiotrace
 from aiotrace import asyncgens, registry
@@ -642,14 +644,29 @@ def _failure_threads(caplog):
 
 
 def test_unreachable_collector_in_another_thread(honest_run, spans, caplog, collector_by_hand):
-    """The cyclic collector runs in another thread (any thread that allocates can trigger it).
-    aiotrace leaves the close to the loop's thread, as asyncio does (the cleanup may await,
-    which needs the loop); but the same collection also finalizes OpenTelemetry's own
+    """The cyclic collector runs in another thread (any thread that allocates can trigger it)
+    while the task that started the generator is still running (a generator of a finished task
+    is kept out of the collector's hands: see
+    ``test_generator_of_a_finished_task_closed_before_otels_generator_is_collected``). aiotrace
+    leaves the close to the loop's thread, as asyncio does (the cleanup may await, which needs
+    the loop); but the same collection also finalizes OpenTelemetry's own
     ``start_as_current_span`` generator, suspended inside the async generator, and its detach
     runs right there, in that thread's context. Stock asyncio logs the same failure."""
     aiotrace.install()
     log = []
-    assert honest_run(abandoned_stream(log, "in-another-thread", keep_task=False)) == [[]]
+
+    async def main():
+        with tracer.start_as_current_span("request"):
+            holder = Holder(spanning_gen(log))
+            await holder.gen.__anext__()
+            del holder
+            thread = threading.Thread(target=gc.collect)
+            thread.start()
+            thread.join()
+            for _ in range(5):
+                await asyncio.sleep(0)
+
+    honest_run(main())
     assert log == ["finally"]
     assert spans.parent("gen") == "request"
     threads = _failure_threads(caplog)
@@ -807,3 +824,173 @@ def test_each_task_gets_its_own_context_recorded(honest_run, spans, caplog):
     honest_run(main())
     assert log == ["finally"] * 6
     assert detach_failures(caplog) == []
+
+
+# -- a generator whose owner task is done, collected with OpenTelemetry's generator first ------
+
+
+async def chunks(log):
+    """The realstack app's stream body: a span per chunk, a new OpenTelemetry generator each."""
+    try:
+        for i in range(3):
+            with tracer.start_as_current_span("chunk"):
+                yield i
+    finally:
+        log.append("finally")
+
+
+async def stream_aged(box, sent):
+    """Iterates like Starlette's ``stream_response``, with a young collection after the first
+    chunk: the async generator then sits in an older generation of the collector than the
+    OpenTelemetry generator that the second chunk makes."""
+    async for chunk in box.pop().body_iterator:
+        sent.append(chunk)
+        if len(sent) == 1:
+            gc.collect(0)
+        else:
+            await asyncio.Event().wait()  # the client stopped reading: until cancelled
+
+
+async def abandoned_aged_stream(log, collect):
+    with tracer.start_as_current_span("request"):
+        response = Response(chunks(log))
+        sent = []
+        task = asyncio.create_task(stream_aged([response], sent))
+        while len(sent) < 2:
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        del response, task
+    await asyncio.sleep(0)  # the task's done callbacks
+    collect()
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def _collect_in_thread():
+    thread = threading.Thread(target=gc.collect)
+    thread.start()
+    thread.join()
+
+
+@pytest.mark.parametrize("where", ["loop-thread", "other-thread"])
+@pytest.mark.parametrize("installed", [False, True], ids=["stock", "installed"])
+def test_generator_of_a_finished_task_closed_before_otels_generator_is_collected(
+    honest_run, spans, caplog, collector_by_hand, installed, where
+):
+    """The realstack failure (issue 14): the stream task is cancelled, the generator is left in
+    a reference cycle, and a full collection finalizes OpenTelemetry's ``start_as_current_span``
+    generator of the current chunk *before* the async generator (younger generations are merged
+    after the oldest one, so an object of generation 0 comes before one of generation 1), or in
+    another thread, where the close must wait for the loop: either way its detach runs outside
+    the task's context ("Failed to detach context"; stock: CPython 3.8-3.15, both loops). aiotrace
+    keeps a generator whose task is done alive through each collection and closes it on the loop,
+    in that task's context, once nothing else holds it."""
+    if installed:
+        aiotrace.install()
+    log = []
+    collect = gc.collect if where == "loop-thread" else _collect_in_thread
+    honest_run(abandoned_aged_stream(log, collect))
+    failures = [r.getMessage() for r in detach_failures(caplog)]
+    if installed:
+        assert failures == []
+        assert log == ["finally"]
+        chunk_spans = [s for s in spans.all if s.name == "chunk"]
+        request = spans.named("request").context.span_id
+        assert [s.parent.span_id for s in chunk_spans] == [request, request]
+    else:
+        assert failures == [DETACH_FAILURE]
+    caplog.clear()  # the stock failure is what this shows
+
+
+class _PausingProcessor(SpanProcessor):
+    """Holds a thread other than the main one in ``on_end`` of the span named ``name``, until
+    released: the collector's thread, in the middle of finalizing OpenTelemetry's generator."""
+
+    def __init__(self) -> None:
+        self.name = None
+        self.reached = threading.Event()
+        self.release = threading.Event()
+
+    def on_end(self, span) -> None:
+        if span.name == self.name and threading.current_thread() is not threading.main_thread():
+            self.reached.set()
+            self.release.wait(30)
+
+
+@pytest.fixture
+def pausing():
+    processor = _PausingProcessor()
+    otel_trace.get_tracer_provider().add_span_processor(processor)  # one per test: inert after
+    yield processor
+    processor.name = None
+    processor.release.set()
+
+
+@pytest.mark.parametrize("installed", [False, True], ids=["stock", "installed"])
+def test_collector_thread_and_loop_never_run_otels_generator_at_once(
+    honest_run, spans, caplog, collector_by_hand, pausing, installed
+):
+    """The realstack server's "Task exception was never retrieved ... ValueError('generator
+    already executing')": a collection in another thread finalizes the async generator (the
+    hook hands its close to the loop's thread) and, in the same pass, OpenTelemetry's generator
+    suspended inside it, whose ``finally`` ends the span (here held there by a span processor).
+    Meanwhile the loop's thread runs the close, whose ``with`` exit throws into that very
+    generator. Stock asyncio does the same (3.8-3.15, both loops). With aiotrace the generator
+    of a finished task is held through the collection: nothing of it runs in that thread."""
+    if installed:
+        aiotrace.install()
+    log = []
+
+    async def main():
+        errors = []
+        asyncio.get_running_loop().set_exception_handler(lambda _, ctx: errors.append(ctx))
+        with tracer.start_as_current_span("request"):
+            response = Response(spanning_gen(log))
+            sent = []
+            task = asyncio.create_task(stream([response], sent))
+            while not sent:
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            del response, task
+        await asyncio.sleep(0)  # the task's done callbacks
+        pausing.name = "gen"
+        thread = threading.Thread(target=gc.collect)
+        thread.start()
+        while not pausing.reached.is_set() and thread.is_alive():
+            await asyncio.sleep(0)
+        for _ in range(5):  # what the collection handed to the loop runs now
+            await asyncio.sleep(0)
+        pausing.release.set()
+        thread.join()
+        for _ in range(5):
+            await asyncio.sleep(0)
+        gc.collect()  # a failed task in a reference cycle reports its error when freed
+        return [repr(ctx.get("exception")) for ctx in errors]
+
+    errors = honest_run(main())
+    failures = [r.getMessage() for r in detach_failures(caplog)]
+    if installed:
+        assert (errors, failures, log) == ([], [], ["finally"])
+        assert spans.parent("gen") == "request"
+    else:
+        assert errors == [repr(ValueError("generator already executing"))]
+        assert failures == [DETACH_FAILURE]
+    caplog.clear()  # the stock failure is what this shows
+
+
+def test_a_long_lived_task_keeps_no_growing_list_of_its_generators(honest_run, collector_by_hand):
+    """A worker task that starts generator after generator (run to the end) and never finishes:
+    aiotrace's list of its generators, looked at when the task is done, stays short."""
+    aiotrace.install()
+
+    async def main():
+        for _ in range(1000):
+            async for _ in plain_gen([]):
+                pass
+        return len(asyncgens._owned[id(asyncio.current_task())][1])
+
+    assert honest_run(main()) < 64

@@ -70,11 +70,6 @@ PARENTS = {
     "after.work": "GET /after",
 }
 
-# The streaming route whose client leaves after two chunks: until h-asyncgen's fix for async
-# generators finalized outside their task is merged, aiotrace on may still log detach errors
-# for it. Only this check is marked; remove the marker when that branch is merged.
-STREAM_DETACH_PENDING = "h-asyncgen"
-
 
 class Request:
     def __init__(self, route: str, rid: str) -> None:
@@ -335,13 +330,14 @@ def _serve(stack: Stack, mode: str, on: bool, loop: str, tmp_path: Path) -> dict
         log = server.stop()
     spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
     detach = sum(line.startswith(DETACH) for line in log.splitlines())
-    # Printed, not asserted: seen with aiotrace off as much as on, all after the /stream
-    # disconnects (the garbage collector closes OpenTelemetry's own start_as_current_span
-    # generators, or an async generator's aclose() races with its finalization).
+    # Seen with aiotrace off, all after the /stream disconnects (the garbage collector closes
+    # OpenTelemetry's own start_as_current_span generators, or an async generator's aclose()
+    # races with its finalization in another thread); asserted to be 0 with aiotrace on.
     others = sum(line.startswith(OTHER_ERRORS) for line in log.splitlines())
     result = {
         "problems": _problems(spans, requests),
         "detach": detach,
+        "others": others,
         "detach_before_stream": reported["before_stream"],
         "patched": reported["patched"],
         "log": log,
@@ -374,12 +370,13 @@ def test_span_trees(stack: Stack, mode: str, on: bool, loop: str, tmp_path: Path
         assert result["patched"] == reference["patched"]
 
 
-@pytest.mark.xfail(
-    reason=f"async generators finalized outside their task (the /stream route, client gone "
-    f"after two chunks) log detach errors until the {STREAM_DETACH_PENDING} branch is merged",
-    strict=True,
-)
 def test_no_detach_error_after_stream_disconnects_with_aiotrace_on() -> None:
-    on = {key: r["detach"] for key, r in RESULTS.items() if key[2]}
+    """The /stream generators, left suspended in a span by a cancelled task and freed by the
+    garbage collector (in the loop's thread, or in a thread-pool worker running the sync
+    /detach-errors route), are closed in their task's context: see docs/async-generators.md."""
+    on = {key: (r["detach"], r["others"]) for key, r in RESULTS.items() if key[2]}
     assert on, "test_span_trees did not run"
-    assert sum(on.values()) == 0, on
+    # Nor the other errors the same collections log with aiotrace off: OpenTelemetry's own
+    # generator finalized by the collector ("Exception ignored in"), a close racing with it in
+    # another thread ("Task exception was never retrieved ... generator already executing").
+    assert all(counts == (0, 0) for counts in on.values()), on
