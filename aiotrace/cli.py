@@ -41,11 +41,10 @@ usage: {PROG} run [-m module | -c code | file] [args ...]
 
 
 def _help() -> str:
-    from aiotrace_boot._config import VARIABLES
+    from aiotrace_boot.switches import SWITCHES
 
     rows = "\n".join(
-        f"  {name:<26} {default:<24} {accepted}: {meaning}"
-        for name, (default, accepted, meaning) in VARIABLES.items()
+        f"  {s.variable:<26} {s.shown_default:<24} {s.accepted}: {s.meaning}" for s in SWITCHES
     )
     return f"""{USAGE}
 
