@@ -1,48 +1,46 @@
-"""Async generators left early are closed where they were left.
+"""Async generators closed in the context that holds their tokens.
 
 A generator that opens a span around its ``yield`` attaches that span in the *consumer's*
-context (an async generator has no context of its own). When the consumer leaves its ``async
-for`` with ``break``, CPython calls the running loop's finalizer hook right there, through
-reference counting, in the consumer's task. asyncio's hook (``BaseEventLoop`` and uvloop's
-``Loop`` alike) only schedules ``aclose()`` as a new task, so:
+context (an async generator has no context of its own), and ``ContextVar.reset`` accepts the
+token only in that very ``contextvars.Context`` object: in any other, a copy included, it raises
+ValueError, which OpenTelemetry's ``detach`` logs as ``Failed to detach context``
+(opentelemetry-python #2606). asyncio's finalizer hook (``BaseEventLoop`` and uvloop's ``Loop``
+alike) schedules ``aclose()`` as a new task, in a copy of whatever context is current when the
+generator is finalized, and ``shutdown_asyncgens`` closes leftovers in its own task: the detach
+fails, and after a ``break`` the generator's span stays current in the consumer until then.
 
-- until that task runs, the generator's span stays current in the consumer, and every span the
-  consumer opens after the loop becomes its child;
-- the task runs in a *copy* of the consumer's context, where the generator's ``detach`` cannot
-  reset a token made in the original, and OpenTelemetry logs ``Failed to detach context``
-  (opentelemetry-python #2606); ``shutdown_asyncgens`` closes leftovers the same way.
+:func:`aiotrace.install` replaces the loops' hooks with the ones here. The firstiter hook
+records the task that started the generator and that task's own context (3.12+:
+``Task.get_context()``; before: see :func:`_task_context_before_312`). The finalizer closes the
+generator at once: in place in that task (as CPython closes a plain generator, so after a
+``break`` its span is detached before the consumer's next line), in that task's context
+anywhere else on the loop's thread (another task, a callback, the garbage collector; the task
+may be done or gone), and from another thread once the loop's thread gets to it. "At once"
+matters for the collector: OpenTelemetry's ``start_as_current_span`` generator, suspended inside
+the async generator, is garbage in the same pass, and is finalized right after it. A cleanup
+that awaits continues as a task whose steps run in the recorded context (:class:`_InContext`).
+An error in the cleanup reaches the loop's exception handler from a failed task, as asyncio
+reports it. Where the context cannot be had, asyncio's own hook runs (docs/async-generators.md
+lists those cases).
 
-:func:`aiotrace.install` replaces the loops' hooks with the ones here. The finalizer closes the
-generator in place, as CPython closes a plain generator: its cleanup runs at the ``break`` in the
-consumer's context, so its span is detached before the consumer's next line. If the cleanup
-awaits, the rest continues as a task (token mismatches there are released quietly, and the
-consumer gets back the OpenTelemetry context it had when the generator started); an error in
-the cleanup reaches the loop's exception handler from a failed task, as asyncio reports it.
-On another thread, once ``shutdown_asyncgens`` started, or in a task other than the one that
-started iterating the generator, asyncio's own hook runs. To know that task (and the context to
-give back), the firstiter hook keeps a small record per generator. That record replaces the
-loop's own bookkeeping (a ``WeakSet`` of its generators, whose weak reference with a callback
-costs more than the whole record): the patched ``shutdown_asyncgens`` closes the generators
-recorded here, and ``uninstall()`` hands the live ones back to their loops' sets.
-
-``shutdown_asyncgens`` closes each generator in the context of the task that ran it where that
-task is done and Python can name its context (3.12+, ``Task.get_context()``); elsewhere a token
-from another context is released without the error log and counted
-(:func:`released_foreign_tokens`).
+The record replaces the loop's own bookkeeping (a ``WeakSet`` of its generators, whose weak
+reference with a callback costs more than the whole record): the patched
+``shutdown_asyncgens`` closes the generators recorded here, each in its recorded context, and
+``uninstall()`` hands the live ones back to their loops' sets.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
+import contextvars
+import gc
 import sys
-import threading
 import weakref
 from typing import Any, Callable, Dict, Generator, List, Optional, Tuple
 
 from ._lookalike import coroutine_function_like, like
-from ._otel import Context, attach, get_current
+from ._otel import Context, attach, detach, get_current
 
 __all__ = ["on_change", "released_foreign_tokens", "sync_running_loop_hooks"]
 
@@ -50,17 +48,18 @@ _current_task = asyncio.current_task
 
 Hook = Callable[[Any, Any], None]
 
-_DETACH_FAILURE = "Failed to detach context"
-# CPython's ``ContextVar.reset`` message for a token from another context (3.8-3.13, run here).
-_FOREIGN_TOKEN = "was created in a different Context"
-
-
 # What the firstiter hook learnt about a generator, a plain tuple (the cheapest record to make:
 # a NamedTuple's constructor is a Python function), read by unpacking:
 #   (weakref to the generator, its loop, weakref to the task that started it or None,
-#    that task's contextvars.Context where Python exposes it (3.12+) or None,
+#    that task's own contextvars.Context (not a copy) or None where it cannot be had,
 #    the OpenTelemetry context when the generator started)
-_Started = Tuple["weakref.ref[Any]", Any, Optional["weakref.ref[asyncio.Task[Any]]"], Any, Context]
+_Started = Tuple[
+    "weakref.ref[Any]",
+    Any,
+    Optional["weakref.ref[asyncio.Task[Any]]"],
+    Optional[contextvars.Context],
+    Context,
+]
 
 
 # Keyed by ``id(agen)``. A weak-keyed dict would not do: CPython clears a generator's weak
@@ -77,14 +76,41 @@ _closing: Dict[int, weakref.ref[Any]] = {}
 # False once ``uninstall()`` removed these hooks: a loop running in another thread keeps the
 # hooks it read when it started, and must then get asyncio's behaviour from them.
 _recording = [True]
-_quiet = threading.local()
+
+_CTask: Any = getattr(asyncio.tasks, "_CTask", None)  # None where _asyncio is not built
+# Before 3.12: the last task whose context was looked up, as (weak reference, context). A task
+# that starts several generators is looked up once: ``weakref.ref(task)`` returns the same
+# object while one without a callback exists (the records hold it), and a new task never gets
+# the reference of a dead one.
+_last_task: List[Any] = [None, None]
+_referents = gc.get_referents
 
 
 def released_foreign_tokens() -> int:
-    """How many OpenTelemetry tokens from another context aiotrace released without the
-    ``Failed to detach context`` error, while finishing a generator's cleanup away from the
-    context that attached them (for ``aiotrace doctor``)."""
-    return _filter.released
+    """Always 0: aiotrace no longer hides OpenTelemetry's ``Failed to detach context`` for a
+    token from another context; it closes generators in the context that holds their tokens
+    (see the module's docstring). Kept for callers of the earlier release."""
+    return 0
+
+
+def _task_context_before_312(task: Any) -> Optional[contextvars.Context]:
+    """The ``contextvars.Context`` object ``task`` runs its steps in, before Python 3.12 (which
+    added ``Task.get_context()``).
+
+    asyncio's C task (uvloop uses it too) keeps its context private, but reports it to the
+    garbage collector: its ``tp_traverse`` visits the context first, before any context of its
+    done callbacks (``TaskObj_traverse`` in ``Modules/_asynciomodule.c``, 3.8-3.11; a subclass
+    visits its ``__dict__`` first, never a context). ``gc.get_referents`` is that traversal.
+    tests/test_asyncgens.py checks on each Python that a token made in the task resets in it.
+    The pure-Python task keeps it as ``_context``. None for anything else.
+    """
+    if _CTask is not None and isinstance(task, _CTask):
+        for referent in _referents(task):
+            if type(referent) is contextvars.Context:
+                return referent
+        return None
+    context = getattr(task, "_context", None)
+    return context if type(context) is contextvars.Context else None
 
 
 def sync_running_loop_hooks() -> None:
@@ -105,50 +131,66 @@ def sync_running_loop_hooks() -> None:
         )
 
 
-class _ForeignDetachFilter(logging.Filter):
-    """Drops (and counts) OpenTelemetry's detach error for a token from another context,
-    raised on this thread while a generator's cleanup step runs under :func:`_step`."""
-
-    released = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(_quiet, "depth", 0) and record.msg == _DETACH_FAILURE and record.exc_info:
-            exc = record.exc_info[1]
-            if isinstance(exc, ValueError) and _FOREIGN_TOKEN in str(exc):
-                self.released += 1
-                return False
-        return True
+class _Busy(Exception):
+    """The owner's context is entered elsewhere at the moment: it cannot be run in."""
 
 
-_filter = _ForeignDetachFilter()
-_otel_logger = logging.getLogger("opentelemetry.context")
+class _InContext:
+    """Runs the steps of a generator's ``aclose()`` in ``ctx``, the context of the task that
+    iterated it, where the tokens its ``detach`` calls reset were made: ``ContextVar.reset``
+    accepts a token only in the very ``Context`` object that made it (a copy raises
+    ValueError, which OpenTelemetry's ``detach`` logs as ``Failed to detach context``).
+
+    That task may still be running (a cleanup that awaits, left with ``break``; a generator
+    dropped by another task). So that it sees no change, each step runs with the generator's
+    own OpenTelemetry context made current in ``ctx`` and the task's put back afterwards; the
+    generator's view is carried from one step to the next.
+    """
+
+    __slots__ = ("_ctx", "_entered", "_view")
+
+    def __init__(self, ctx: contextvars.Context, view: Optional[Context]) -> None:
+        self._ctx, self._view, self._entered = ctx, view, False
+
+    def step(self, method: Callable[[Any], Any], arg: Any) -> Any:
+        self._entered = False
+        try:
+            return self._ctx.run(self._run, method, arg)
+        except RuntimeError:
+            if self._entered:
+                raise
+            raise _Busy from None  # "cannot enter context: ... is already entered"
+
+    def _run(self, method: Callable[[Any], Any], arg: Any) -> Any:
+        self._entered = True
+        view = self._view
+        token = attach(get_current() if view is None else view)
+        try:
+            return method(arg)
+        finally:
+            self._view = get_current()
+            detach(token)
 
 
-def _step(ctx: Any, method: Callable[[Any], Any], arg: Any) -> Any:
-    """``method(arg)`` in ``ctx`` (a ``contextvars.Context``, or None for the current one),
-    with foreign-token detach errors released quietly."""
-    depth = getattr(_quiet, "depth", 0)
-    _quiet.depth = depth + 1
-    if not depth:
-        _otel_logger.addFilter(_filter)
+def _step(runner: Optional[_InContext], method: Callable[[Any], Any], arg: Any) -> Any:
+    if runner is None:
+        return method(arg)
     try:
-        return method(arg) if ctx is None else ctx.run(method, arg)
-    finally:
-        _quiet.depth = depth
-        if not depth:
-            _otel_logger.removeFilter(_filter)
+        return runner.step(method, arg)
+    except _Busy:
+        return method(arg)
 
 
 class _Rest:
     """Awaitable that finishes an ``aclose()`` whose first step has already run."""
 
-    __slots__ = ("_athrow", "_ctx", "_yielded")
+    __slots__ = ("_athrow", "_runner", "_yielded")
 
-    def __init__(self, athrow: Any, yielded: Any, ctx: Any) -> None:
-        self._athrow, self._yielded, self._ctx = athrow, yielded, ctx
+    def __init__(self, athrow: Any, yielded: Any, runner: Optional[_InContext]) -> None:
+        self._athrow, self._yielded, self._runner = athrow, yielded, runner
 
     def __await__(self) -> Generator[Any, Any, Any]:
-        athrow, yielded = self._athrow, self._yielded
+        athrow, yielded, runner = self._athrow, self._yielded, self._runner
         while True:
             try:
                 sent = yield yielded
@@ -160,26 +202,27 @@ class _Rest:
             else:
                 method, arg = athrow.send, sent
             try:
-                yielded = _step(self._ctx, method, arg)
+                yielded = _step(runner, method, arg)
             except StopIteration as stop:
                 return stop.value
 
 
-async def _finish_aclose(athrow: Any, yielded: Any) -> None:
-    await _Rest(athrow, yielded, None)
+async def _finish_aclose(athrow: Any, yielded: Any, runner: Optional[_InContext]) -> None:
+    await _Rest(athrow, yielded, runner)
 
 
 async def _raise(exc: BaseException) -> None:
     raise exc
 
 
-async def _aclose(agen: Any, ctx: Any) -> None:
+async def _aclose(agen: Any, ctx: Optional[contextvars.Context]) -> None:
     athrow = agen.aclose()
+    runner = None if ctx is None else _InContext(ctx, None)
     try:
-        yielded = _step(ctx, athrow.send, None)
+        yielded = _step(runner, athrow.send, None)
     except StopIteration:
         return
-    await _Rest(athrow, yielded, ctx)
+    await _Rest(athrow, yielded, runner)
 
 
 def _mark_closing(loop: Any) -> None:
@@ -233,62 +276,92 @@ def patched_firstiter(original: Hook) -> Hook:
         if task is None:
             _started[id(agen)] = (ref(agen), self, None, None, get_current())
             return
+        task_ref = ref(task)
         context = None
         if _TASK_GET_CONTEXT:
             try:  # noqa: SIM105 - contextlib.suppress costs a context manager per generator
                 context = task.get_context()
             except AttributeError:  # a task factory's own future type may lack it
                 pass
-        _started[id(agen)] = (ref(agen), self, ref(task), context, get_current())
+        elif task_ref is _last_task[0]:
+            context = _last_task[1]
+        else:
+            # asyncio's (and uvloop's) own task: its context is its first referent (see
+            # _task_context_before_312), without a Python call for the common case.
+            context = _referents(task)[0] if type(task) is _CTask else None
+            if type(context) is not contextvars.Context:
+                context = _task_context_before_312(task)
+            _last_task[0], _last_task[1] = task_ref, context
+        _started[id(agen)] = (ref(agen), self, task_ref, context, get_current())
 
     return like(original)(_asyncgen_firstiter_hook)
 
 
 def patched_finalizer(original: Hook) -> Hook:
-    """The loop's finalizer hook, closing the generator in place when it is safe to."""
+    """The loop's finalizer hook: closes the generator in the context that holds its tokens.
+
+    In the task that started it (left with ``break``, or dropped while that task unwinds): in
+    place. Elsewhere (another task, a callback, the garbage collector between callbacks): in
+    that task's own context, whether the task is done or not, leaving the context of whatever
+    runs now untouched. From another thread: the same, once the loop's thread gets to it.
+    Where that context cannot be had, asyncio's own hook runs."""
 
     def _asyncgen_finalizer_hook(self: Any, agen: Any) -> None:
         record = _started.pop(id(agen), None)
-        if record is None:
+        if record is None or record[1] is not self or record[2] is None:
             original(self, agen)
-            return
-        _, loop, started_by, _, before = record
-        if (
-            loop is not self
-            or started_by is None
-            or asyncio.events._get_running_loop() is not self
-            or id(self) in _closing
-            or getattr(self, "_asyncgens_shutdown_called", False)
-            or (task := _current_task(self)) is None
-            or task is not started_by()
-        ):
-            original(self, agen)
-            return
-        # The generator is not in the loop's own WeakSet (the firstiter hook kept it here).
-        athrow = agen.aclose()
-        try:
-            yielded = athrow.send(None)
-        except StopIteration:
-            return
-        except BaseException as exc:  # a hook must not raise: CPython would print and drop it
-            self.create_task(_raise(exc))
-            return
-        self.create_task(_finish_aclose(athrow, yielded))
-        # The generator will detach what it attached in a copy of this context, where the
-        # token is foreign; give the consumer now what that detach would have restored.
-        if get_current() is not before:
-            attach(before)
+        elif asyncio.events._get_running_loop() is not self:
+            # Not on the loop's thread (or the loop is not running): as asyncio does, leave it
+            # to the loop, which is the only one to run in its tasks' contexts.
+            if self.is_closed():
+                original(self, agen)
+            else:
+                self.call_soon_threadsafe(_close, self, agen, record, original)
+        else:
+            _close(self, agen, record, original)
 
     return like(original)(_asyncgen_finalizer_hook)
 
 
-def _owner_context(record: _Started) -> Any:
-    """The context the generator started in, if its task is over (so nothing else runs in it)."""
-    _, _, started_by, context, _ = record
-    if context is None or started_by is None:
-        return None
-    task = started_by()
-    return context if task is None or task.done() else None
+def _close(loop: Any, agen: Any, record: _Started, original: Hook) -> None:
+    """Runs the first step of ``agen.aclose()`` now, the rest as a task, both where the
+    generator's tokens belong; asyncio's hook where they cannot be reached."""
+    _, _, started_by, context, before = record
+    owner = started_by() if started_by is not None else None
+    in_owner = owner is not None and owner is _current_task(loop)
+    if not in_owner and context is None:
+        original(loop, agen)
+        return
+    runner = None if in_owner else _InContext(context, None)  # type: ignore[arg-type]
+    athrow = agen.aclose()
+    try:
+        yielded = _step_or_busy(runner, athrow.send, None)
+    except StopIteration:
+        return
+    except _Busy:
+        original(loop, agen)
+        return
+    except BaseException as exc:  # a hook must not raise: CPython would print and drop it
+        loop.create_task(_raise(exc))
+        return
+    if runner is None:
+        # In the owner, whose context the rest must not disturb: the rest runs in it with
+        # the generator's view swapped in; the owner gets back, now, what the generator's
+        # detach would have restored.
+        view = get_current()
+        if context is not None:
+            runner = _InContext(context, view)
+        loop.create_task(_finish_aclose(athrow, yielded, runner))
+        if view is not before:
+            attach(before)
+    else:
+        loop.create_task(_finish_aclose(athrow, yielded, runner))
+
+
+def _step_or_busy(runner: Optional[_InContext], method: Callable[[Any], Any], arg: Any) -> Any:
+    """The first step of a close: raises :class:`_Busy` (nothing run) where ``_step`` would
+    fall back to the current context, so that the finalizer can hand over to asyncio."""
+    return method(arg) if runner is None else runner.step(method, arg)
 
 
 def patched_shutdown(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -310,7 +383,7 @@ def patched_shutdown(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
             agen = record[0]()
             if agen is not None:
                 agens.append(agen)
-                owners.append(_owner_context(record))
+                owners.append(record[3])
         if agens:
             results = await asyncio.gather(
                 *[_aclose(agen, ctx) for agen, ctx in zip(agens, owners)], return_exceptions=True

@@ -298,13 +298,12 @@ def _routes() -> List[str]:
 
 
 def _this_process(report: _Report, environ: Mapping[str, str], config: Config) -> None:
-    from . import asyncgens, registry, threads
+    from . import registry, threads
 
     active = sorted(registry.installed())
     report.data["this_process"] = {
         "active_patches": active,
         "thread_propagation": threads.thread_propagation(),
-        "foreign_tokens_released": asyncgens.released_foreign_tokens(),
     }
     import aiotrace_boot
 
@@ -485,8 +484,6 @@ def render(data: Mapping[str, Any]) -> str:
         (boundary, who or "nobody (new traces)")
         for boundary, who in here["thread_propagation"].items()
     ]
-    if here["foreign_tokens_released"]:
-        rows.append(("foreign tokens released", here["foreign_tokens_released"]))
     lines += _rows(rows)
 
     lines.append("conflicts")

@@ -4,12 +4,15 @@ after install(), leaking into the consumer (and failing to detach) on stock asyn
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import sys
 import threading
+import weakref
 
 import pytest
 from conftest import LOOPS, run_on, tracer, uvloop
+from opentelemetry import context as otel_context
 
 import aiotrace
 from aiotrace import asyncgens, registry
@@ -82,17 +85,42 @@ def test_close_asyncgens_false_keeps_asyncios_behaviour(honest_run, spans, caplo
     caplog.clear()  # the stock failure is expected here
 
 
-def test_cleanup_that_awaits_finishes_in_a_task_without_detach_failure(honest_run, spans):
+def test_cleanup_that_awaits_finishes_in_a_task_without_detach_failure(honest_run, spans, caplog):
+    """The rest of the cleanup runs in the consumer's own context (where the generator's token
+    was made, so its detach succeeds), with the generator's OpenTelemetry context swapped in
+    for each step and the consumer's put back: the consumer's spans are unaffected."""
     aiotrace.install()
-    released = asyncgens.released_foreign_tokens()
     log = []
     honest_run(break_early(log, cleanup_awaits=True))
     assert log == ["after loop", "finally"]
     assert spans.parent("after") == "main"
     assert spans.parent("cleanup") == "gen"
     assert spans.parent("gen") == "main"
-    # The generator's own detach ran in the continuation task, a copy of the consumer's context.
-    assert asyncgens.released_foreign_tokens() == released + 1
+    assert detach_failures(caplog) == []
+
+
+def test_cleanup_that_awaits_leaves_the_consumers_later_spans_alone(honest_run, spans, caplog):
+    """The consumer opens a span and awaits inside it while the rest of the cleanup runs in
+    its context: the swap gives the generator its own view for each step and puts the
+    consumer's back, so the consumer's span is still current when it resumes."""
+    aiotrace.install()
+    log = []
+
+    async def main():
+        with tracer.start_as_current_span("main"):
+            async for _ in spanning_gen(log, cleanup_awaits=True):
+                break
+            with tracer.start_as_current_span("after"):
+                for _ in range(5):  # the cleanup's task finishes meanwhile
+                    await asyncio.sleep(0)
+                assert log == ["finally"]
+                with tracer.start_as_current_span("inner"):
+                    pass
+
+    honest_run(main())
+    assert spans.parent("inner") == "after"
+    assert spans.parent("cleanup") == "gen"
+    assert detach_failures(caplog) == []
 
 
 def test_generator_without_spans_is_closed_in_place_and_context_untouched(run, spans):
@@ -168,9 +196,8 @@ def test_stock_shutdown_asyncgens_fails_to_detach(honest_run, spans, caplog):
     caplog.clear()  # the failure is what this test shows
 
 
-def test_installed_shutdown_asyncgens_closes_without_detach_failure(honest_run, spans):
+def test_installed_shutdown_asyncgens_closes_without_detach_failure(honest_run, spans, caplog):
     aiotrace.install()
-    released = asyncgens.released_foreign_tokens()
     log = []
     try:
         honest_run(leave_open(log))
@@ -178,10 +205,7 @@ def test_installed_shutdown_asyncgens_closes_without_detach_failure(honest_run, 
         KEPT.clear()
     assert log == ["finally"]
     assert spans.parent("gen") == "main"
-    # 3.12+ closes it in the finished main task's own context; before, that context cannot be
-    # named (C tasks keep it private) and the token is released quietly instead.
-    expected = 0 if sys.version_info >= (3, 12) else 1
-    assert asyncgens.released_foreign_tokens() == released + expected
+    assert detach_failures(caplog) == []
 
 
 def test_shutdown_reports_cleanup_errors_like_asyncio(honest_run):
@@ -203,60 +227,80 @@ def test_shutdown_reports_cleanup_errors_like_asyncio(honest_run):
     assert isinstance(calls[0]["exception"], ValueError)
 
 
-def test_generator_left_in_another_task_falls_back_to_asyncio(honest_run):
-    """The task that breaks is not the one the generator started in (whose context holds
-    anything the generator attached): asyncio's own hook runs, and closes it later."""
-    aiotrace.install()
+@pytest.mark.parametrize("installed", [False, True], ids=["stock", "installed"])
+def test_generator_left_in_another_task_is_closed_there_in_its_owners_context(
+    honest_run, spans, caplog, installed
+):
+    """The task that breaks is not the one that started the generator (whose context holds the
+    token of the generator's span). Stock asyncio closes it later in a copy of the breaking
+    task's context: "Failed to detach context". Installed, it is closed at the break in the
+    starting task's own context; neither task's OpenTelemetry context changes."""
+    if installed:
+        aiotrace.install()
     log = []
 
-    async def plain():
-        try:
-            yield 1
-            yield 2
-        finally:
-            log.append("finally")
-
-    async def other(box):
-        async for _ in box.pop():
-            break
+    async def other(box, seen):
+        with tracer.start_as_current_span("other"):
+            before = otel_context.get_current()
+            async for _ in box.pop():
+                break
+            seen.append(otel_context.get_current() is before)
         log.append("other done")
 
     async def main():
-        gen = plain()
-        await gen.__anext__()
-        box = [gen]
-        del gen
-        await asyncio.create_task(other(box))
-        for _ in range(5):
-            await asyncio.sleep(0)
+        seen = []
+        with tracer.start_as_current_span("main"):
+            gen = spanning_gen(log)
+            await gen.__anext__()
+            box = [gen]
+            del gen
+            leaked = otel_context.get_current()  # the generator's span, current here (stock too)
+            await asyncio.create_task(other(box, seen))
+            seen.append(otel_context.get_current() is leaked)
+            for _ in range(5):
+                await asyncio.sleep(0)
+        return seen
 
-    honest_run(main())
-    assert log == ["other done", "finally"]
+    assert honest_run(main()) == [True, True]
+    assert spans.parent("gen") == "main"
+    failures = [r.getMessage() for r in detach_failures(caplog)]
+    if installed:
+        assert log == ["finally", "other done"]
+        assert failures == []
+    else:
+        assert log == ["other done", "finally"]
+        assert failures == [DETACH_FAILURE]
+        caplog.clear()  # the stock failure is what this shows
 
 
-def test_generator_finalized_on_another_thread_falls_back_to_asyncio(honest_run):
-    aiotrace.install()
+@pytest.mark.parametrize("installed", [False, True], ids=["stock", "installed"])
+def test_generator_finalized_on_another_thread_is_closed_on_the_loop(
+    honest_run, spans, caplog, installed
+):
+    """The last reference goes in another thread: as asyncio does, the close is left to the
+    loop's thread; installed, it runs there in the context of the task that started it."""
+    if installed:
+        aiotrace.install()
     log = []
 
-    async def plain():
-        try:
-            yield 1
-        finally:
-            log.append(threading.current_thread() is threading.main_thread())
-
     async def main():
-        gen = plain()
-        await gen.__anext__()
-        box = [gen]
-        del gen
-        thread = threading.Thread(target=box.clear)
-        thread.start()
-        thread.join()
-        for _ in range(5):
-            await asyncio.sleep(0)
+        with tracer.start_as_current_span("main"):
+            gen = spanning_gen(log)
+            await gen.__anext__()
+            box = [gen]
+            del gen
+            thread = threading.Thread(target=box.clear)
+            thread.start()
+            thread.join()
+            for _ in range(5):
+                await asyncio.sleep(0)
 
     honest_run(main())
-    assert log == [True]  # asyncio's hook scheduled aclose() on the loop, as without aiotrace
+    assert log == ["finally"]
+    assert spans.parent("gen") == "main"
+    failures = [r.getMessage() for r in detach_failures(caplog)]
+    assert failures == ([] if installed else [DETACH_FAILURE])
+    caplog.clear()  # the stock failure is what this shows
 
 
 def test_install_and_uninstall_inside_a_running_loop_switch_its_hooks(honest_run, spans):
@@ -345,7 +389,6 @@ def test_uvloop_is_patched_only_once_imported():
 def test_records_of_generators_that_ran_to_the_end_are_swept():
     """Generators that finish normally never reach the finalizer hook; their records are
     swept once the table has grown past its mark, so it does not grow with the program."""
-    import weakref
 
     class Gone:
         pass
@@ -466,3 +509,301 @@ def test_generator_started_while_shutdown_closes_others_is_closed_too(honest_run
         assert log == ["late finally"]
     finally:
         KEPT.clear()
+
+
+# -- a generator abandoned by a cancelled task, finalized elsewhere (opentelemetry-python #2606) --
+
+
+@pytest.fixture
+def collector_by_hand():
+    """Only the test's own ``gc.collect()`` frees cycles, so that it says where that happens."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    yield
+    if was_enabled:
+        gc.enable()
+
+
+class Response:
+    """Owns the generator as Starlette's ``StreamingResponse`` owns its ``body_iterator``, in a
+    reference cycle: only the cyclic garbage collector frees it."""
+
+    def __init__(self, body_iterator):
+        self.body_iterator = body_iterator
+        self.me = self
+
+
+async def stream(box, sent):
+    # No local holds the response: the cancelled task's traceback keeps its frame's locals.
+    async for chunk in box.pop().body_iterator:
+        sent.append(chunk)
+        await asyncio.Event().wait()  # the client stopped reading: until cancelled
+
+
+def _collect_in_other_task():
+    async def other(seen):
+        with tracer.start_as_current_span("other"):
+            before = otel_context.get_current()
+            gc.collect()
+            seen.append(otel_context.get_current() is before)
+
+    return other
+
+
+async def abandoned_stream(log, where, keep_task):
+    """The issue's smallest reproduction: a task iterating a spanning generator is cancelled
+    (the client disconnected); the generator, owned elsewhere, is collected later, outside it."""
+    seen = []
+    with tracer.start_as_current_span("request"):
+        response = Response(spanning_gen(log))
+        sent = []
+        task = asyncio.create_task(stream([response], sent))
+        while not sent:
+            await asyncio.sleep(0)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        del response
+        if not keep_task:
+            del task
+    if where == "outside-any-task":
+        asyncio.get_running_loop().call_soon(gc.collect)
+        await asyncio.sleep(0)
+    elif where == "in-another-task":
+        await asyncio.create_task(_collect_in_other_task()(seen))
+    else:  # "in-another-thread"
+        thread = threading.Thread(target=gc.collect)
+        thread.start()
+        thread.join()
+    seen.append(list(log))  # what the finalization did at once
+    for _ in range(5):
+        await asyncio.sleep(0)
+    return seen
+
+
+@pytest.mark.parametrize("keep_task", [True, False], ids=["task-kept", "task-freed"])
+@pytest.mark.parametrize("where", ["outside-any-task", "in-another-task"])
+@pytest.mark.parametrize("installed", [False, True], ids=["stock", "installed"])
+def test_generator_of_a_cancelled_task_collected_elsewhere(
+    honest_run, spans, caplog, collector_by_hand, installed, where, keep_task
+):
+    """Stock asyncio (3.8-3.15, both loops) closes the generator in a copy of whatever context
+    runs the collector: "Failed to detach context". Installed, it is closed in the cancelled
+    task's own context, which the firstiter hook recorded (the task itself may be gone); the
+    context of the task running the collector is left as it was."""
+    if installed:
+        aiotrace.install()
+    log = []
+    seen = honest_run(abandoned_stream(log, where, keep_task))
+    assert log == ["finally"]
+    assert spans.parent("gen") == "request"
+    closed_at_once = ["finally"] if installed else []  # stock: left to a task, later
+    assert seen == ([True, closed_at_once] if where == "in-another-task" else [closed_at_once])
+    failures = [r.getMessage() for r in detach_failures(caplog)]
+    assert failures == ([] if installed else [DETACH_FAILURE])
+    caplog.clear()  # the stock failure is what this shows
+
+
+def test_the_context_recorded_is_the_tasks_own(honest_run):
+    """A token made in a task resets only in that task's very ``Context`` object. 3.12+ names
+    it (``Task.get_context()``); before, aiotrace takes it from the task's garbage-collector
+    traversal (checked here on each Python, with done callbacks, whose contexts the traversal
+    also visits, and for a subclass of the task)."""
+    import contextvars
+
+    var = contextvars.ContextVar("var")
+
+    async def body():
+        token = var.set(1)
+        task = asyncio.current_task()
+        if sys.version_info >= (3, 12):
+            return task.get_context(), token
+        return asyncgens._task_context_before_312(task), token
+
+    class SubTask(asyncio.Task):
+        pass
+
+    async def main():
+        plain = asyncio.ensure_future(body())
+        plain.add_done_callback(lambda _: None)
+        sub = SubTask(body())
+        sub.add_done_callback(lambda _: None)
+        return [await plain, await sub]
+
+    for context, token in honest_run(main()):
+        context.run(var.reset, token)  # ValueError for any other Context
+
+
+# -- what aiotrace cannot reach (docs/async-generators.md), each shown as it happens ------------
+
+
+def _failure_threads(caplog):
+    return [r.threadName for r in detach_failures(caplog)]
+
+
+def test_unreachable_collector_in_another_thread(honest_run, spans, caplog, collector_by_hand):
+    """The cyclic collector runs in another thread (any thread that allocates can trigger it).
+    aiotrace leaves the close to the loop's thread, as asyncio does (the cleanup may await,
+    which needs the loop); but the same collection also finalizes OpenTelemetry's own
+    ``start_as_current_span`` generator, suspended inside the async generator, and its detach
+    runs right there, in that thread's context. Stock asyncio logs the same failure."""
+    aiotrace.install()
+    log = []
+    assert honest_run(abandoned_stream(log, "in-another-thread", keep_task=False)) == [[]]
+    assert log == ["finally"]
+    assert spans.parent("gen") == "request"
+    threads = _failure_threads(caplog)
+    assert len(threads) == 1 and threads[0] != threading.main_thread().name
+    caplog.clear()  # the documented failure is what this shows
+
+
+class Holder:
+    def __init__(self, gen):
+        self.gen = gen
+        self.me = self
+
+
+async def spanning_with(cm):
+    with cm:
+        yield 1
+        yield 2
+
+
+def test_unreachable_otels_generator_collected_first(honest_run, caplog, collector_by_hand):
+    """OpenTelemetry's ``start_as_current_span`` is a generator-based context manager. When it
+    is collected in the same garbage as the async generator and comes first (here: made before
+    it, so older in the collector's list), its own finalizer detaches in the context of
+    whatever runs the collector, before any hook of the loop is called."""
+    aiotrace.install()
+
+    async def main():
+        cm = tracer.start_as_current_span("gen")
+        holder = Holder(spanning_with(cm))
+        del cm
+        await holder.gen.__anext__()
+        del holder
+        asyncio.get_running_loop().call_soon(gc.collect)
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    honest_run(main())
+    assert [r.getMessage() for r in detach_failures(caplog)] == [DETACH_FAILURE]
+    caplog.clear()  # the documented failure is what this shows
+
+
+def test_unreachable_generator_iterated_by_two_tasks(honest_run, caplog):
+    """The firstiter hook runs once: aiotrace knows the task that started the generator, not
+    the one that entered the ``with`` whose token is pending. Here the span is opened while
+    another task iterates it, and the close runs in the first task's context."""
+    aiotrace.install()
+    log = []
+
+    async def opens_late():
+        yield 0
+        with tracer.start_as_current_span("late"):
+            try:
+                yield 1
+            finally:
+                log.append("finally")
+
+    async def second(gen):
+        await gen.__anext__()  # enters the ``with`` in this task's context
+
+    async def main():
+        gen = opens_late()
+        await gen.__anext__()
+        await asyncio.create_task(second(gen))
+        del gen  # closed here, in main, which started it
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    honest_run(main())
+    assert log == ["finally"]
+    assert [r.getMessage() for r in detach_failures(caplog)] == [DETACH_FAILURE]
+    caplog.clear()  # the documented failure is what this shows
+
+
+def test_unreachable_generator_started_outside_any_task(honest_run, caplog):
+    """First iterated from a plain callback: it ran in that callback's own copy of the context,
+    which nothing keeps; asyncio's hook closes it, as without aiotrace."""
+    aiotrace.install()
+    log = []
+    box = []
+
+    def start():
+        gen = spanning_gen(log)
+        with contextlib.suppress(StopIteration):
+            gen.__anext__().send(None)
+        box.append(gen)
+
+    async def main():
+        asyncio.get_running_loop().call_soon(start)
+        await asyncio.sleep(0)
+        box.clear()
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    honest_run(main())
+    assert log == ["finally"]
+    assert [r.getMessage() for r in detach_failures(caplog)] == [DETACH_FAILURE]
+    caplog.clear()  # the documented failure is what this shows
+
+
+@pytest.mark.skipif(
+    sys.version_info < (3, 12),
+    reason="before 3.12 a subclass of asyncio's task is reached through the collector",
+)
+def test_unreachable_task_that_does_not_expose_its_context(honest_run, caplog):
+    """A task factory's tasks without ``get_context()``: the generator's context cannot be
+    had, and asyncio's own hook closes it, as without aiotrace."""
+    aiotrace.install()
+    log = []
+
+    class Opaque(asyncio.Task):
+        def get_context(self):
+            raise AttributeError("get_context")
+
+    async def starts(box):
+        gen = spanning_gen(log)
+        await gen.__anext__()
+        box.append(gen)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_task_factory(lambda loop, coro, **kwargs: Opaque(coro, loop=loop, **kwargs))
+        box = []
+        await asyncio.create_task(starts(box))
+        loop.set_task_factory(None)
+        box.clear()  # finalized here, in main, not in the task that ran it
+        for _ in range(5):
+            await asyncio.sleep(0)
+
+    honest_run(main())
+    assert log == ["finally"]
+    assert [r.getMessage() for r in detach_failures(caplog)] == [DETACH_FAILURE]
+    caplog.clear()  # the documented failure is what this shows
+
+
+def test_each_task_gets_its_own_context_recorded(honest_run, spans, caplog):
+    """Tasks in turn, each freed before the next starts (so one may reuse another's address),
+    each start two generators, all closed later from another task. Before 3.12 the lookup of a
+    task's context is kept for that task's next generator: each must still get its own."""
+    aiotrace.install()
+    log = []
+
+    async def starts(box, name):
+        with tracer.start_as_current_span(name):
+            for _ in range(2):
+                gen = spanning_gen(log)
+                await gen.__anext__()
+                box.append(gen)
+
+    async def main():
+        box = []
+        for name in ("t0", "t1", "t2"):
+            await asyncio.create_task(starts(box, name))
+        box.clear()
+
+    honest_run(main())
+    assert log == ["finally"] * 6
+    assert detach_failures(caplog) == []

@@ -252,18 +252,14 @@ def test_hook_that_ran_without_installing_fails(monkeypatch, site: Path) -> None
     ]
 
 
-def test_conflicts_found_by_install_and_released_tokens_are_shown(monkeypatch, site: Path) -> None:
-    from aiotrace import asyncgens, registry
+def test_conflicts_found_by_install_are_shown(monkeypatch, site: Path) -> None:
+    from aiotrace import registry
 
     monkeypatch.setitem(registry.conflicts, "asyncio.locks.Lock", "other.Lock")
-    monkeypatch.setattr(asyncgens, "released_foreign_tokens", lambda: 2)
     data = doctor.collect({}, [str(site)])
     assert data["conflicts"] == [
         "asyncio.locks.Lock is other.Lock, not asyncio's: aiotrace left it alone"
     ]
-    assert data["this_process"]["foreign_tokens_released"] == 2
-    (line,) = [x for x in doctor.render(data).splitlines() if "foreign tokens" in x]
-    assert line.split() == ["foreign", "tokens", "released", "2"]
 
 
 def test_uvloop_left_unpatched_is_reported(monkeypatch, site: Path) -> None:
