@@ -20,8 +20,6 @@ import os
 import sys
 from _thread import allocate_lock
 
-from ._warn import warn
-
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Mapping, Optional
@@ -103,3 +101,14 @@ def configuration(
     config = _config.from_environ({**environ, "AIOTRACE_ENABLE": "1"}, warn)
     config.enabled = _config.switch(environ.get("AIOTRACE_ENABLE") or "") == "on"
     return config
+
+
+def warn(message: str) -> None:
+    """One line on stderr, prefixed with ``aiotrace:``; never raises (stderr may be closed).
+    (``_warn`` is imported only when there is something to say: importing this package loads
+    no other module.)"""
+    try:
+        from ._warn import warn as say
+    except Exception:  # nowhere left to report to
+        return
+    say(message)

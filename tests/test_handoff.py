@@ -92,7 +92,9 @@ def test_stdlib_queue_puts_the_work_in_the_workers_trace(honest_run, spans):
 @pytest.mark.parametrize("kind", sorted(QUEUES))
 def test_plain_get_keeps_the_consumers_context(run, spans, kind):
     run(_pipeline(QUEUES[kind], None))
-    assert {spans.parent(s.name) for s in spans.all if s.name.startswith("work-")} == {"startup"}
+    assert {spans.parent(s.name) for s in spans.finished if s.name.startswith("work-")} == {
+        "startup"
+    }
 
 
 @pytest.mark.parametrize("kind", sorted(QUEUES))
@@ -109,11 +111,11 @@ def test_parent_mode_puts_each_item_in_its_producers_trace(run, spans, kind):
 @pytest.mark.parametrize("kind", sorted(QUEUES))
 def test_link_mode_starts_a_consumer_trace_linked_to_the_producer(run, spans, kind):
     consumed = run(_pipeline(QUEUES[kind], "link"))
-    by_id = {s.context.span_id: s for s in spans.all}
+    by_id = {s.context.span_id: s for s in spans.finished}
     for item in consumed:
-        work = spans.named(f"work-{item}")
+        work = spans.span(f"work-{item}")
         consumer = by_id[work.parent.span_id]
-        request = spans.named(f"request-{item[0]}")
+        request = spans.span(f"request-{item[0]}")
         assert consumer.name == "process"
         assert consumer.kind is SpanKind.CONSUMER
         assert consumer.parent is None
@@ -267,7 +269,7 @@ def test_consume_restores_the_consumers_context_and_records_errors(run, spans):
         assert current_span_name() == "consumer"
 
     run(main())
-    handle = spans.named("handle")
+    handle = spans.span("handle")
     assert handle.status.status_code is StatusCode.ERROR
     assert [e.name for e in handle.events] == ["exception"]
 
@@ -420,13 +422,13 @@ def test_linked_root_starts_a_new_trace_linked_to_the_caller(honest_run, spans):
         await task
 
     honest_run(main())
-    cleanup, request = spans.named("cleanup"), spans.named("request")
+    cleanup, request = spans.span("cleanup"), spans.span("request")
     assert spans.parent("work") == "cleanup"
     assert cleanup.parent is None
     assert cleanup.context.trace_id != request.context.trace_id
     assert [link.context for link in cleanup.links] == [request.context]
     assert cleanup.attributes["n"] == 1
-    assert cleanup.end_time >= spans.named("work").end_time
+    assert cleanup.end_time >= spans.span("work").end_time
 
 
 def test_linked_root_names_the_span_after_the_coroutine(honest_run, spans):
@@ -451,7 +453,7 @@ def test_linked_root_in_a_task_group(honest_run, spans):
 
     honest_run(main())
     assert spans.parent("work") == "bg"
-    assert [link.context for link in spans.named("bg").links] == [spans.named("request").context]
+    assert [link.context for link in spans.span("bg").links] == [spans.span("request").context]
 
 
 def test_linked_root_carries_baggage_and_records_failures(honest_run, spans):
@@ -469,7 +471,7 @@ def test_linked_root_carries_baggage_and_records_failures(honest_run, spans):
             await task
 
     honest_run(main())
-    bg = spans.named("bg")
+    bg = spans.span("bg")
     assert bg.links == ()  # no span was current: nothing to link to
     assert bg.status.status_code is StatusCode.ERROR
     assert [e.name for e in bg.events] == ["exception"]
@@ -516,7 +518,7 @@ def test_cancelled_linked_root_task_ends_its_span_without_error(honest_run, span
         await asyncio.sleep(0)
 
     honest_run(main())
-    assert spans.named("bg").status.status_code is StatusCode.UNSET
+    assert spans.span("bg").status.status_code is StatusCode.UNSET
 
 
 @pytest.mark.parametrize("kind", sorted(QUEUES))
@@ -562,7 +564,7 @@ def test_an_empty_producer_context_is_handed_over_as_such(honest_run, spans):
                 assert baggage.get_all() == {}
 
     honest_run(main())
-    assert spans.named("linked").links == ()
+    assert spans.span("linked").links == ()
     assert spans.parent("linked") is None
 
 
@@ -600,8 +602,8 @@ def test_linked_root_span_is_ended_when_the_task_cannot_be_created(honest_run, s
             )
 
     honest_run(main())
-    refused = spans.named("refused")
+    refused = spans.span("refused")
     assert refused.end_time is not None
     assert [link.context.span_id for link in refused.links] == [
-        spans.named("request").context.span_id
+        spans.span("request").context.span_id
     ]

@@ -124,7 +124,7 @@ def test_callers_context_is_honoured_and_never_changed(honest_run, spans):
 
     honest_run(main())
     # ``own`` was copied before "parent" started, so both tasks ran without a parent span.
-    assert [s.parent for s in spans.all if s.name == "inside"] == [None, None]
+    assert [s.parent for s in spans.finished if s.name == "inside"] == [None, None]
 
 
 @needs_312
