@@ -124,3 +124,13 @@ def _clean_state(caplog: pytest.LogCaptureFixture) -> Any:
     assert aiotrace.installed() == frozenset()
     failures = [r for r in caplog.records if r.name == "opentelemetry.context"]
     assert not failures, f"OpenTelemetry logged: {[r.getMessage() for r in failures]}"
+
+
+@pytest.fixture(scope="session")
+def envs() -> Any:
+    """The fresh virtual environments of the start-up tests (tests/bootenv.py): built when a
+    test first asks for one, removed after the session."""
+    from bootenv import cleanup, environments
+
+    yield environments()
+    cleanup()

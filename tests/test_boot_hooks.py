@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-from bootenv import Environments, Venv, cleanup, environments, write
+from bootenv import Environments, Venv, write
 
 from aiotrace import registry
 
@@ -189,12 +189,6 @@ APPS: Dict[str, str] = {
     "instrumenting-finder": INSTRUMENTING,
     "lazy-loader": LAZY_LOADER,
 }
-
-
-@pytest.fixture(scope="session")
-def envs() -> Environments:
-    yield environments()
-    cleanup()
 
 
 @pytest.fixture(scope="session")

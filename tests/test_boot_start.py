@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bootenv import Environments, Venv, cleanup, environments, write
+from bootenv import Environments, Venv, write
 
 pytestmark = pytest.mark.boot
 
@@ -45,12 +45,6 @@ sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 0)
 """
 
 ENABLED = {"AIOTRACE_ENABLE": "1"}
-
-
-@pytest.fixture(scope="session")
-def envs() -> Environments:
-    yield environments()
-    cleanup()
 
 
 @pytest.fixture(scope="session")
