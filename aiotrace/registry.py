@@ -91,6 +91,9 @@ def _select(arguments: Dict[str, Any]) -> FrozenSet[str]:
     return frozenset(catalogue.PATCH_NAMES).difference(excluded)
 
 
+# selected() and install() spell their keywords out, alike, for readers, help() and type
+# checkers; tests/test_switches.py checks both against the switch table, which gives them their
+# meaning (``_select``).
 def selected(
     patch_queue: bool = True,
     patch_locks: bool = True,
