@@ -14,6 +14,13 @@ its metaclass gives it the stdlib class's ``__signature__`` and ``__wrapped__``:
 ``repr(asyncio.Queue)``, instance reprs and pickles name ``asyncio.queues.Queue`` as without
 aiotrace (the reasons are in tests/test_introspection.py). ``type(asyncio.Queue)`` is this
 module's ``StdlibAlias``.
+
+The methods that wait (``get``/``put``/``join``, ``acquire``, ``wait``) are asyncio's own, set
+again in each class body over the ``Propagating*`` wrappers: installed, the waiter guarantee
+comes from the ``loop_context`` group, which repairs a loop that drops ``call_soon(context=)``
+(:mod:`aiotrace.loops`), so asyncio's coroutines are right on every loop and an await chain holds
+no aiotrace frame. What an alias keeps from its ``Propagating*`` class is the queue hand-off
+(``_put``/``_get``, ``consume()``, ``get_with_context()``) and ``otel_ctx=``.
 """
 
 from __future__ import annotations
@@ -92,32 +99,44 @@ class StdlibAlias(type):
 
 class Queue(queues.PropagatingQueue, metaclass=StdlibAlias, original=asyncio.queues.Queue):
     __doc__ = asyncio.queues.Queue.__doc__
+    get = asyncio.queues.Queue.get
+    put = asyncio.queues.Queue.put
+    join = asyncio.queues.Queue.join
 
 
 class PriorityQueue(
     queues.PropagatingPriorityQueue, metaclass=StdlibAlias, original=asyncio.queues.PriorityQueue
 ):
     __doc__ = asyncio.queues.PriorityQueue.__doc__
+    get = asyncio.queues.PriorityQueue.get
+    put = asyncio.queues.PriorityQueue.put
+    join = asyncio.queues.PriorityQueue.join
 
 
 class LifoQueue(
     queues.PropagatingLifoQueue, metaclass=StdlibAlias, original=asyncio.queues.LifoQueue
 ):
     __doc__ = asyncio.queues.LifoQueue.__doc__
+    get = asyncio.queues.LifoQueue.get
+    put = asyncio.queues.LifoQueue.put
+    join = asyncio.queues.LifoQueue.join
 
 
 class Lock(locks.PropagatingLock, metaclass=StdlibAlias, original=asyncio.locks.Lock):
     __doc__ = asyncio.locks.Lock.__doc__
+    acquire = asyncio.locks.Lock.acquire
 
 
 class Event(locks.PropagatingEvent, metaclass=StdlibAlias, original=asyncio.locks.Event):
     __doc__ = asyncio.locks.Event.__doc__
+    wait = asyncio.locks.Event.wait
 
 
 class Semaphore(
     locks.PropagatingSemaphore, metaclass=StdlibAlias, original=asyncio.locks.Semaphore
 ):
     __doc__ = asyncio.locks.Semaphore.__doc__
+    acquire = asyncio.locks.Semaphore.acquire
 
 
 class BoundedSemaphore(
@@ -126,12 +145,17 @@ class BoundedSemaphore(
     original=asyncio.locks.BoundedSemaphore,
 ):
     __doc__ = asyncio.locks.BoundedSemaphore.__doc__
+    acquire = asyncio.locks.BoundedSemaphore.acquire
 
 
 class Condition(
     locks.PropagatingCondition, metaclass=StdlibAlias, original=asyncio.locks.Condition
 ):
     __doc__ = asyncio.locks.Condition.__doc__
+    # asyncio's own: its default lock is ``asyncio.locks.Lock``, this module's ``Lock`` while
+    # the ``lock`` group is installed.
+    __init__ = asyncio.locks.Condition.__init__
+    wait = asyncio.locks.Condition.wait
 
 
 def _by_alias_name(name: str) -> type:

@@ -19,10 +19,28 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, FrozenSet, Optional, Tuple
 
-from . import aliases, anyio_streams, asyncgens, executors, servers, tasks, threads, transports
+from . import (
+    aliases,
+    anyio_streams,
+    asyncgens,
+    executors,
+    loops,
+    servers,
+    tasks,
+    threads,
+    transports,
+)
 from .patching import Foreign, Patch
 
-__all__ = ["GROUPS", "OPT_IN", "PATCHES", "PATCH_NAMES", "STOCK_TRANSPORTS_KEEP_CONTEXT", "Group"]
+__all__ = [
+    "GROUPS",
+    "OPT_IN",
+    "PATCHES",
+    "PATCH_NAMES",
+    "STOCK_TRANSPORTS_KEEP_CONTEXT",
+    "WAITER_GROUPS",
+    "Group",
+]
 
 Factory = Callable[[Any], Any]
 
@@ -46,6 +64,8 @@ class Group:
     targets: Tuple[Target, ...]
     opt_in: bool = False  # off unless asked for: it changes behaviour some code relies on
     on_change: Optional[Callable[[bool], None]] = None  # called with "is the group applied"
+    # Applied only together with at least one of these groups (none: on its own merits).
+    only_with: Tuple[str, ...] = ()
 
     def patches(self) -> Tuple[Patch, ...]:
         return tuple(Patch(self.name, t.owner, t.attribute, t.make, t.late) for t in self.targets)
@@ -97,6 +117,10 @@ def _asyncgen_hooks(owner: str, late: bool = False) -> Tuple[Target, ...]:
 STOCK_TRANSPORTS_KEEP_CONTEXT = sys.version_info >= (3, 15)
 _SELECTOR_TRANSPORT = "asyncio.selector_events:_SelectorSocketTransport"
 
+# The groups whose installed classes wait with asyncio's own methods: their waiter guarantee
+# comes from ``loop_context``.
+WAITER_GROUPS = ("queue", "lock", "event", "semaphore", "condition")
+
 GROUPS: Tuple[Group, ...] = (
     Group(
         "create_task",
@@ -110,6 +134,18 @@ GROUPS: Tuple[Group, ...] = (
     Group("event", _classes("asyncio.locks", "Event")),
     Group("semaphore", _classes("asyncio.locks", "Semaphore", "BoundedSemaphore")),
     Group("condition", _classes("asyncio.locks", "Condition")),
+    # Loops that drop call_soon(context=) are repaired when made or started (aiotrace/loops.py):
+    # what lets the classes above inherit asyncio's own waiting methods; so it goes with them.
+    Group(
+        "loop_context",
+        (
+            Target("asyncio.base_events:BaseEventLoop", "__init__", loops.patched_init),
+            Target("asyncio.events", "_set_running_loop", loops.patched_set_running_loop),
+            Target("asyncio", "_set_running_loop", loops.patched_set_running_loop),
+        ),
+        on_change=loops.set_repairing,
+        only_with=WAITER_GROUPS,
+    ),
     Group(
         "executor",
         (
@@ -249,3 +285,4 @@ PATCHES: Tuple[Patch, ...] = tuple(p for group in GROUPS for p in group.patches(
 PATCH_NAMES: Tuple[str, ...] = tuple(group.name for group in GROUPS if group.targets)
 OPT_IN: FrozenSet[str] = frozenset(group.name for group in GROUPS if group.opt_in)
 ON_CHANGE = {group.name: group.on_change for group in GROUPS if group.on_change is not None}
+ONLY_WITH = {group.name: frozenset(group.only_with) for group in GROUPS if group.only_with}

@@ -27,7 +27,7 @@ import contextvars
 import functools
 import sys
 from contextvars import copy_context
-from types import FunctionType
+from types import BuiltinMethodType, FunctionType
 from typing import Any, Callable, Optional, TypeVar
 
 from .propagation import call_with_carrier, inject_context
@@ -47,10 +47,12 @@ def _carries_its_context(fn: Callable[..., Any]) -> bool:
     runs in its submitter's context, wrapping it again would only cost."""
     if isinstance(fn, functools.partial):
         fn = fn.func
-    return (
-        isinstance(getattr(fn, "__self__", None), contextvars.Context)
-        or getattr(fn, "__module__", None) == _OTEL_THREADING
-    )
+    if type(fn) is BuiltinMethodType:  # ``Context.run`` bound to a context is one
+        return isinstance(fn.__self__, contextvars.Context)
+    # Not ``getattr(fn, "__self__", None)`` for every callable: on a class (``int``) the lookup
+    # fails, and building that AttributeError is measurable per job (scripts/count_instructions.py
+    # --only run_in_executor; the benchmark submits ``int``).
+    return getattr(fn, "__module__", None) == _OTEL_THREADING
 
 
 def _is_process_pool(executor: Any) -> bool:

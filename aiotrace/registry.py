@@ -42,6 +42,7 @@ __all__ = [
     "PATCH_NAMES",
     "SERVER_CONTEXTS",
     "STOCK_TRANSPORTS_KEEP_CONTEXT",
+    "WAITER_PATCHES",
     "InstallError",
     "Patch",
     "UnknownPatchError",
@@ -55,6 +56,9 @@ __all__ = [
 ]
 
 LOCK_PATCHES: FrozenSet[str] = frozenset(by_keyword("patch_locks").groups)
+# The groups whose installed classes rely on ``loop_context`` for their waiter guarantee; it is
+# applied with any of them and never alone (``Group.only_with`` in the catalogue).
+WAITER_PATCHES: FrozenSet[str] = frozenset(catalogue.WAITER_GROUPS)
 SERVER_CONTEXTS: Tuple[str, ...] = by_keyword("server_context").choices
 
 # The groups install() was asked for since the last uninstall(): applied again, for their late
@@ -88,7 +92,8 @@ def _select(arguments: Dict[str, Any]) -> FrozenSet[str]:
                 excluded.update(s.groups)
         elif s.kind == "boolean" and not value:
             excluded.update(s.groups)
-    return frozenset(catalogue.PATCH_NAMES).difference(excluded)
+    groups = frozenset(catalogue.PATCH_NAMES).difference(excluded)
+    return groups.difference(g for g, others in catalogue.ONLY_WITH.items() if not others & groups)
 
 
 # selected() and install() spell their keywords out, alike, for readers, help() and type

@@ -4,7 +4,7 @@ Each workload runs alternately on stock asyncio and after ``aiotrace.install()``
 repetitions each, medians compared), on a fresh loop each time. Printed per workload: the stock
 and patched cost per operation, their ratio, and the microseconds aiotrace adds per operation.
 
-    python scripts/bench_overhead.py [--loop asyncio|uvloop] [--repeat 15] [--scale 1.0]
+    python scripts/bench_overhead.py [--loop asyncio|uvloop] [--repeat 15] [--scale 1.0] [--cpu]
 
 The async-generator and paused-echo rows are the workloads of ``bench_hygiene.py`` (which
 also times the ``asyncgen`` and ``transport`` patches alone and their variants).
@@ -78,6 +78,54 @@ async def lock_contended(n: int) -> None:
     await asyncio.gather(*[worker() for _ in range(4)])
 
 
+async def semaphore_contended(n: int) -> None:
+    """Four tasks take turns on a ``Semaphore(1)``: each acquisition waits for the holder."""
+    sem = asyncio.Semaphore(1)
+    per_task = n // 4
+
+    async def worker() -> None:
+        for _ in range(per_task):
+            async with sem:
+                await asyncio.sleep(0)
+
+    await asyncio.gather(*[worker() for _ in range(4)])
+
+
+async def condition_wait_notify(n: int) -> None:
+    """A task parked in ``Condition.wait()`` is notified once per op (and takes the lock)."""
+    cond = asyncio.Condition()
+    turn = [0]
+
+    async def waiter() -> None:
+        async with cond:
+            for i in range(n):
+                await cond.wait_for(lambda i=i: turn[0] > i)  # type: ignore[misc]
+
+    task = asyncio.create_task(waiter())
+    await asyncio.sleep(0)
+    for _ in range(n):
+        async with cond:
+            turn[0] += 1
+            cond.notify()
+        await asyncio.sleep(0)
+    await task
+
+
+async def queue_put_parked(n: int) -> None:
+    """A producer parked on ``put()`` to a full queue is woken by every ``get()``."""
+    q = asyncio.Queue(maxsize=1)
+
+    async def producer() -> None:
+        for i in range(n):
+            await q.put(i)
+
+    task = asyncio.create_task(producer())
+    for _ in range(n):
+        await asyncio.sleep(0)
+        q.get_nowait()
+    await task
+
+
 async def event_wait_set(n: int) -> None:
     async def waiter(ev: asyncio.Event) -> None:
         await ev.wait()
@@ -112,7 +160,10 @@ WORKLOADS: Dict[str, Tuple[Workload, int]] = {
     "create_task+gather": (create_task_gather, 20_000),
     "queue put/get, no waiting": (queue_batches, 100_000),
     "queue put/get, parked": (queue_put_get, 20_000),
+    "queue put, parked (full)": (queue_put_parked, 20_000),
     "lock (contended)": (lock_contended, 20_000),
+    "semaphore (contended)": (semaphore_contended, 20_000),
+    "condition wait/notify": (condition_wait_notify, 10_000),
     "event wait/set": (event_wait_set, 10_000),
     "run_in_executor": (run_in_executor, 4_000),
     "async for, 1 in 4 break": (async_for(4), 20_000),
@@ -132,13 +183,19 @@ def new_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+# Wall time by default; ``--cpu`` switches to the process's CPU time (every thread's), which
+# moves less when other processes share the cores.
+CLOCK = [time.perf_counter]
+
+
 def timed(kind: str, workload: Workload, n: int) -> float:
     loop = new_loop(kind)
     try:
         loop.run_until_complete(workload(min(n, 1000)))  # warm up (default executor, caches)
-        start = time.perf_counter()
+        clock = CLOCK[0]
+        start = clock()
         loop.run_until_complete(workload(n))
-        return (time.perf_counter() - start) / n
+        return (clock() - start) / n
     finally:
         loop.close()
 
@@ -161,8 +218,14 @@ def main(argv: Any = None) -> int:
     parser.add_argument("--repeat", type=int, default=15)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply operation counts")
     parser.add_argument("--only", help="run only workloads whose name contains this")
+    parser.add_argument("--cpu", action="store_true", help="CPU time instead of wall time")
     args = parser.parse_args(argv)
-    print(f"Python {sys.version.split()[0]}, loop {args.loop}, {args.repeat} repetitions, medians")
+    if args.cpu:
+        CLOCK[0] = time.process_time
+    print(
+        f"Python {sys.version.split()[0]}, loop {args.loop}, {args.repeat} repetitions, medians"
+        f"{', CPU time' if args.cpu else ''}"
+    )
     print(
         f"{'workload':<27}{'stock µs/op':>13}{'aiotrace µs/op':>16}{'ratio':>8}{'added µs/op':>13}"
     )

@@ -130,12 +130,16 @@ def test_installed_asyncio_queue_has_the_hand_off(run, spans):
         assert spans.parent(f"work-{item}") == f"request-{item[0]}"
 
 
-def test_blocked_put_records_the_putters_context_not_the_wakers(run):
+@pytest.mark.parametrize("kind", ["propagating", "installed"])
+def test_blocked_put_records_the_putters_context_not_the_wakers(run, kind):
     """A ``put`` that waits for room records the context it was called in, even on the loop
-    that resumes it in the context of the task that made room."""
+    that resumes it in the context of the task that made room: the explicit class by its own
+    ``put``, the installed one (asyncio's ``put``) because that loop is repaired."""
+    if kind == "installed":
+        aiotrace.install()
 
     async def main() -> None:
-        q = aiotrace.PropagatingQueue(maxsize=1)
+        q = (asyncio.Queue if kind == "installed" else aiotrace.PropagatingQueue)(maxsize=1)
         q.put_nowait("first")
 
         async def putter() -> None:

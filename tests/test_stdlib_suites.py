@@ -32,20 +32,11 @@ MODULES = [
     "test.test_asyncio.test_sslproto",
     "test.test_asyncio.test_server",
     "test.test_asyncio.test_streams",
+    # 3.14+: asyncio.capture_call_graph() must not show aiotrace's frames (tests/test_call_graph.py)
     "test.test_asyncgen",
     "test.test_asyncio.test_graph",  # 3.14+: asyncio.capture_call_graph() and friends
 ]
 EXPECTED_DIFFERENCES = {"test_async_gen_asyncio_shutdown_exception_02"}
-# Known to fail with aiotrace on 3.14.10 and 3.15.2 (run here): the coroutine that
-# PropagatingQueue.get adds shows as an extra ``get`` frame in asyncio.capture_call_graph()
-# (issue 15, "no frame of aiotrace in any await chain", worked on separately). Strict: once
-# they pass, this test fails until the entry is removed, so the set cannot hide a regression.
-KNOWN_FAILURES = (
-    {"test_stack_as_completed", "test_stack_as_completed_timeout"}
-    if sys.version_info >= (3, 14)
-    else set()
-)
-
 RUNNER = textwrap.dedent(
     """
     import importlib, json, sys, unittest
@@ -91,7 +82,5 @@ def test_cpythons_asyncio_suites_pass_with_aiotrace_installed():
     report = json.loads(done.stdout.strip().splitlines()[-1])
     assert "test.test_asyncio.test_locks" in report["present"]
     assert report["ran"] > 1000
-    unexpected = set(report["failed"]) - EXPECTED_DIFFERENCES - KNOWN_FAILURES
+    unexpected = set(report["failed"]) - EXPECTED_DIFFERENCES
     assert not unexpected, done.stderr[-6000:]
-    fixed = KNOWN_FAILURES - set(report["failed"])
-    assert not fixed, f"now passing, remove from KNOWN_FAILURES: {sorted(fixed)}"

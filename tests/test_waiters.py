@@ -96,11 +96,11 @@ QUEUE_SCENARIOS = {
 }
 SCENARIOS = {**LOCK_SCENARIOS, **QUEUE_SCENARIOS}
 
-# install() arguments that leave each family's stdlib classes in place (Queue.join() waits on an
-# asyncio.Event: the queue scenarios leave the locks unpatched too).
-SWITCHED_OFF: Dict[str, Dict[str, Any]] = {
+# install() arguments that leave each family's stdlib classes in place while another waiter
+# group is on, so that ``loop_context`` repairs the dropping loop (aiotrace/loops.py).
+ONE_FAMILY_OFF: Dict[str, Dict[str, Any]] = {
     **{name: {"patch_locks": False} for name in LOCK_SCENARIOS},
-    **{name: {"patch_queue": False, "patch_locks": False} for name in QUEUE_SCENARIOS},
+    **{name: {"patch_queue": False} for name in QUEUE_SCENARIOS},
 }
 
 PROPAGATING = {
@@ -157,7 +157,32 @@ def test_installed_asyncio_classes_resume_waiter_in_own_context(run, spans, scen
 
 @pytest.mark.parametrize("scenario", sorted(SCENARIOS))
 def test_switched_off_leaves_the_stdlib_failure(drop_run, spans, scenario):
-    aiotrace.install(**SWITCHED_OFF[scenario])
+    # With the queues and the locks off, the dropping loop is not repaired (``loop_context``
+    # goes with the waiter groups, see test_loops.py).
+    aiotrace.install(patch_locks=False, patch_queue=False)
     assert asyncio.Lock is ORIGINAL.Lock
+    assert asyncio.Queue is ORIGINAL.Queue
+    assert "loop_context" not in aiotrace.installed()
+    drop_run(SCENARIOS[scenario].run(asyncio, tracer))
+    assert spans.parent("after") == "waker"
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_one_family_off_leaves_asyncio_classes_on_a_repaired_loop(drop_run, spans, scenario):
+    """With the other waiter group on, the dropping loop is repaired: asyncio's own classes,
+    left in place by ``patch_locks=False`` (or ``patch_queue=False``), resume their waiters in
+    their own context too."""
+    aiotrace.install(**ONE_FAMILY_OFF[scenario])
+    assert "loop_context" in aiotrace.installed()
+    drop_run(SCENARIOS[scenario].run(asyncio, tracer))
+    assert spans.parent("after") == "waiter"
+
+
+@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
+def test_installed_classes_rely_on_the_repair(drop_run, spans, scenario):
+    """Installed, asyncio's classes are aiotrace's aliases, which wait with asyncio's own
+    methods: with the repair excluded, the dropping loop's failure shows through them."""
+    aiotrace.install(exclude=["loop_context"])
+    assert asyncio.Lock is not ORIGINAL.Lock
     drop_run(SCENARIOS[scenario].run(asyncio, tracer))
     assert spans.parent("after") == "waker"
