@@ -43,8 +43,9 @@ usage: {PROG} run [-m module | -c code | file] [args ...]
 def _help() -> str:
     from aiotrace_boot.switches import SWITCHES
 
+    width = max(len(s.shown_default) for s in SWITCHES)
     rows = "\n".join(
-        f"  {s.variable:<26} {s.shown_default:<24} {s.accepted}: {s.meaning}" for s in SWITCHES
+        f"  {s.variable:<26} {s.shown_default:<{width}} {s.accepted}: {s.meaning}" for s in SWITCHES
     )
     return f"""{USAGE}
 
@@ -63,7 +64,7 @@ environment. Booleans accept 1/true/yes/on and 0/false/no/off; a bad value gives
 line on stderr and the default is used.
 
 environment variables:
-  {"name":<26} {"default":<24} accepted: meaning
+  {"name":<26} {"default":<{width}} accepted: meaning
 {rows}
 """
 
