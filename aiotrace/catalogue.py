@@ -140,8 +140,7 @@ GROUPS: Tuple[Group, ...] = (
         "loop_context",
         (
             Target("asyncio.base_events:BaseEventLoop", "__init__", loops.patched_init),
-            Target("asyncio.events", "_set_running_loop", loops.patched_set_running_loop),
-            Target("asyncio", "_set_running_loop", loops.patched_set_running_loop),
+            Target("asyncio.base_events:BaseEventLoop", "run_forever", loops.patched_run_forever),
         ),
         on_change=loops.set_repairing,
         only_with=WAITER_GROUPS,

@@ -9,8 +9,9 @@ honour ``context=`` (``tests/test_loops.py`` checks both), so there the waiter i
 While the ``loop_context`` patch group is installed, each loop is probed once: when it is made
 (``BaseEventLoop.__init__``, replaced by this group: before anything is scheduled on it, so even
 the task ``run_until_complete`` queues before the loop runs resumes in its own context), when it
-starts running (``BaseEventLoop.run_forever`` calls ``asyncio.events._set_running_loop``, also
-replaced: a loop made before ``install()``) or, for the loop running in the thread that calls
+starts running (``BaseEventLoop.run_forever``, also replaced: a loop made before ``install()``;
+asyncio's C function ``_set_running_loop`` is left alone, as a Python function cannot stand in
+for it unnoticed) or, for the loop running in the thread that calls
 ``install()``, right away. The probe schedules a callback with a fresh ``contextvars.Context``
 through ``call_soon`` and looks at the context it runs in; only if that one drops it are
 ``call_soon_threadsafe``, ``call_later`` and ``call_at`` probed too (an honest loop never gets a
@@ -46,7 +47,7 @@ from typing import Any, Callable, Dict, Set, Tuple
 __all__ = [
     "METHODS",
     "patched_init",
-    "patched_set_running_loop",
+    "patched_run_forever",
     "repaired",
     "set_repairing",
 ]
@@ -169,17 +170,16 @@ def patched_init(original: Callable[[Any], None]) -> Callable[[Any], None]:
     return __init__
 
 
-def patched_set_running_loop(original: Callable[[Any], None]) -> Callable[[Any], None]:
-    """``asyncio.events._set_running_loop`` that probes a loop when it starts running, if that
-    was not done yet (a loop made before ``install()``, a subclass not ready in ``__init__``)."""
+def patched_run_forever(original: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``BaseEventLoop.run_forever`` that probes a loop when it starts running, if that was not
+    done yet (a loop made before ``install()``, a subclass not ready in ``__init__``)."""
 
     @functools.wraps(original)
-    def _set_running_loop(loop: Any) -> None:
-        original(loop)
-        if loop is not None:
-            _probe(loop)
+    def run_forever(self: Any) -> None:
+        _probe(self)
+        return original(self)
 
-    return _set_running_loop
+    return run_forever
 
 
 def repaired(loop: Any) -> Tuple[str, ...]:

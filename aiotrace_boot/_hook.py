@@ -64,9 +64,7 @@ def boot() -> bool:
     # late): modules may already hold asyncio's own classes; rebind those that do.
     if "asyncio" in sys.modules and finder.asyncio_loaded():
         for name, module in list(sys.modules.items()):
-            # ``_asyncio`` (asyncio's C accelerator) defines the functions the ``loop_context``
-            # group replaces in asyncio: it holds the originals by right, as asyncio does.
-            if module is None or name.partition(".")[0] in ("asyncio", "_asyncio", "aiotrace"):
+            if module is None or name.partition(".")[0] in ("asyncio", "aiotrace"):
                 continue
             try:
                 finder.rebind(module)

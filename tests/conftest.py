@@ -116,13 +116,28 @@ def spans() -> Spans:
 
 
 @pytest.fixture(autouse=True)
-def _clean_state(caplog: pytest.LogCaptureFixture) -> Any:
-    """No test leaks patches into the next, and none logs an OpenTelemetry detach failure."""
+def _clean_state(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture) -> Any:
+    """No test leaks patches into the next, and none logs an OpenTelemetry detach failure.
+
+    Tests marked ``stock_detach_failures`` show stock asyncio on the context-dropping loop, where
+    a task resumed in another task's context fails to detach its span (seen on 3.11; the
+    broken loop's doing, not aiotrace's): there, without aiotrace installed, the log is not
+    checked. Everywhere else, and whenever aiotrace is installed, no failure may be logged."""
     caplog.set_level(logging.ERROR, logger="opentelemetry.context")
     yield
+    was_installed = aiotrace.installed()
     aiotrace.uninstall()
     assert aiotrace.installed() == frozenset()
-    failures = [r for r in caplog.records if r.name == "opentelemetry.context"]
+    # At this point ``caplog.records`` holds the teardown phase only: read every phase.
+    records = [*caplog.get_records("setup"), *caplog.get_records("call"), *caplog.records]
+    failures = [r for r in records if r.name == "opentelemetry.context"]
+    params = getattr(getattr(request.node, "callspec", None), "params", {})
+    if (
+        request.node.get_closest_marker("stock_detach_failures")
+        and params.get("loop_name") == "dropping"
+        and not was_installed
+    ):
+        return
     assert not failures, f"OpenTelemetry logged: {[r.getMessage() for r in failures]}"
 
 

@@ -99,6 +99,7 @@ def _serve_one(starter: str, directory: str) -> Any:
     return main()
 
 
+@pytest.mark.stock_detach_failures
 @pytest.mark.parametrize("starter", sorted(STARTERS))
 def test_stock_handlers_are_children_of_the_startup_span(run, spans, starter, directory):
     """The failure: every request of a long-running server is a child of its startup span."""
@@ -185,6 +186,7 @@ def tls() -> Tuple[ssl.SSLContext, ssl.SSLContext]:
     return server, client
 
 
+@pytest.mark.stock_detach_failures
 @pytest.mark.parametrize("installed", [False, True], ids=["stock", "installed"])
 def test_tls_server_handlers(run, spans, tls, installed):
     """With TLS the protocol is wrapped (stock loop: sslproto; uvloop: its own SSLProtocol);

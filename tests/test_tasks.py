@@ -26,6 +26,7 @@ async def child(name: str = "child") -> str:
     return name
 
 
+@pytest.mark.stock_detach_failures
 @pytest.mark.parametrize("installed", [False, True], ids=["stock", "installed"])
 @pytest.mark.parametrize("how", ["create_task", "ensure_future", "gather", "loop.create_task"])
 def test_children_nest_under_their_creator(run, spans, installed, how):
@@ -47,6 +48,7 @@ def test_children_nest_under_their_creator(run, spans, installed, how):
     assert spans.parent("child") == "parent"
 
 
+@pytest.mark.stock_detach_failures
 @needs_311
 @pytest.mark.parametrize("installed", [False, True], ids=["stock", "installed"])
 def test_task_group_children_nest(run, spans, installed):
