@@ -152,3 +152,31 @@ def test_the_core_never_reads_the_environment() -> None:
         for node in ast.walk(tree):
             if isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
                 pytest.fail(f"{name} reads the environment (line {node.lineno})")
+
+
+def test_the_engine_imports_no_module_of_aiotrace() -> None:
+    """aiotrace/patching.py receives the patches and their hooks as data: it imports neither
+    the catalogue nor a primitive, nor the start-up package (inside functions included)."""
+    tree = _trees()["aiotrace.patching"]
+    imported = _imports("aiotrace.patching", tree, top_level_only=False)
+    assert not [i for i in imported if i.partition(".")[0] in PACKAGES], imported
+
+
+def test_primitives_never_import_the_registry_or_the_catalogue() -> None:
+    """The arrows point one way: the registry composes the catalogue, the catalogue names the
+    primitives' factories; no primitive asks back (a factory gets the original it replaces)."""
+    composing = {"aiotrace", "aiotrace.registry", "aiotrace.catalogue"}
+    # The tools on top may use the registry: they are not patched code.
+    tools = {
+        "aiotrace.__main__",
+        "aiotrace.cli",
+        "aiotrace.demo",
+        "aiotrace.doctor",
+        "aiotrace.instrumentation",
+        "aiotrace.testing",
+    }
+    for name, tree in _trees().items():
+        if not name.startswith("aiotrace.") or name in composing | tools:
+            continue
+        imported = _imports(name, tree, top_level_only=False)
+        assert not imported & {"aiotrace.registry", "aiotrace.catalogue"}, name
