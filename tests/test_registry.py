@@ -345,3 +345,26 @@ def test_rebind_is_all_or_nothing():
         registry.rebind(module)
     assert all(vars(module)[name] is value for name, value in stock.items())
     assert not any(key[0] is module for key in patching._rebound)
+
+
+def test_the_registry_keeps_every_public_name_of_before_the_split():
+    """aiotrace.registry is still where these are imported from (their homes are now the
+    engine, aiotrace/patching.py, and the catalogue, aiotrace/catalogue.py)."""
+    from aiotrace.registry import (  # noqa: F401
+        LOCK_PATCHES,
+        PATCH_NAMES,
+        PATCHES,
+        InstallError,
+        Patch,
+        UnknownPatchError,
+        conflicts,
+        install,
+        installed,
+        original,
+        rebind,
+        selected,
+        uninstall,
+    )
+
+    assert PATCHES is catalogue.PATCHES and conflicts is patching.conflicts
+    assert install is aiotrace.install and InstallError is aiotrace.InstallError
