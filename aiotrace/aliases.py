@@ -97,6 +97,9 @@ class StdlibAlias(type):
         return issubclass(sub, original)
 
 
+# The class bodies below look alike on purpose: each names, one line a method, which waiting
+# methods are asyncio's own (the module docstring says why), so a reader sees them where the
+# class is; generating them would hide exactly that.
 class Queue(queues.PropagatingQueue, metaclass=StdlibAlias, original=asyncio.queues.Queue):
     __doc__ = asyncio.queues.Queue.__doc__
     get = asyncio.queues.Queue.get

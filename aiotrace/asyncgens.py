@@ -46,7 +46,7 @@ from typing import Any, Callable, Dict, Generator, List, Optional, Tuple
 from ._lookalike import coroutine_function_like, like
 from ._otel import Context, attach, detach, get_current
 
-__all__ = ["released_foreign_tokens", "sync_running_loop_hooks"]
+__all__ = ["on_change", "released_foreign_tokens", "sync_running_loop_hooks"]
 
 _current_task = asyncio.current_task
 
@@ -558,3 +558,13 @@ def patched_shutdown(original: Callable[[Any], Any]) -> Callable[[Any], Any]:
     # A coroutine function exactly where the loop's own is one (uvloop's: for asyncio only on
     # Python 3.8); from 3.12 on the marked ``returning``, one frame less on other Pythons.
     return coroutine_function_like(original, returning, shutdown_asyncgens)
+
+
+def on_change(applied: bool) -> None:
+    """The ``asyncgen`` group's hook (aiotrace/catalogue.py), called by the patch engine after
+    every install and uninstall with whether the group is applied now."""
+    # Before the running loop's hooks change: a generator handed back by uninstall() must be
+    # in its loop's set before that loop can start shutting down.
+    set_recording(applied)
+    # A loop running now installed its async generator hooks when it started.
+    sync_running_loop_hooks()

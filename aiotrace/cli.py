@@ -41,11 +41,11 @@ usage: {PROG} run [-m module | -c code | file] [args ...]
 
 
 def _help() -> str:
-    from aiotrace_boot._config import VARIABLES
+    from aiotrace_boot.switches import SWITCHES
 
+    width = max(len(s.shown_default) for s in SWITCHES)
     rows = "\n".join(
-        f"  {name:<26} {default:<24} {accepted}: {meaning}"
-        for name, (default, accepted, meaning) in VARIABLES.items()
+        f"  {s.variable:<26} {s.shown_default:<{width}} {s.accepted}: {s.meaning}" for s in SWITCHES
     )
     return f"""{USAGE}
 
@@ -64,7 +64,7 @@ environment. Booleans accept 1/true/yes/on and 0/false/no/off; a bad value gives
 line on stderr and the default is used.
 
 environment variables:
-  {"name":<26} {"default":<24} accepted: meaning
+  {"name":<26} {"default":<{width}} accepted: meaning
 {rows}
 """
 

@@ -25,7 +25,7 @@ import warnings
 from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 if TYPE_CHECKING:
-    from aiotrace_boot._config import Config
+    from aiotrace_boot.switches import Config
 
 __all__ = ["collect", "main", "render"]
 
@@ -39,7 +39,6 @@ DISTRIBUTIONS = (
     "uvloop",
     "anyio",
 )
-_TRUE = ("1", "true", "yes", "on")
 
 
 class _Report:
@@ -179,14 +178,14 @@ def _opentelemetry(report: _Report, environ: Mapping[str, str]) -> None:
 
 
 def _configuration(report: _Report, environ: Mapping[str, str]) -> Config:
-    from aiotrace_boot import _config
+    import aiotrace_boot
+    from aiotrace_boot.switches import SWITCHES, by_keyword, unknown_patch_names
 
     bad: List[str] = []
-    config = _config.from_environ(environ, bad.append)
+    aiotrace_boot.configuration(environ, bad.append)  # AIOTRACE_ENABLE's own bad value
     # Read the other variables as if enabled, so that their bad values show up now too.
-    full = _config.from_environ({**environ, "AIOTRACE_ENABLE": "1"}, bad.append)
-    full.enabled = config.enabled
-    settings = {name: environ[name] for name in _config.VARIABLES if environ.get(name) is not None}
+    full = aiotrace_boot.configuration(environ, bad.append, as_if_enabled=True)
+    settings = {s.variable: environ[s.variable] for s in SWITCHES if s.variable in environ}
     effective = {k: list(v) if isinstance(v, tuple) else v for k, v in vars(full).items()}
     report.data["configuration"] = {"environment": settings, "effective": effective}
     for message in dict.fromkeys(bad):
@@ -198,8 +197,8 @@ def _configuration(report: _Report, environ: Mapping[str, str]) -> Config:
     if unknown:
         report.problem(
             "error",
-            f"AIOTRACE_DISABLED_PATCHES has unknown patch name(s) "
-            f"{', '.join(map(repr, unknown))}; accepted: {', '.join(registry.PATCH_NAMES)}",
+            f"{by_keyword('exclude').variable} has "
+            f"{unknown_patch_names(unknown, registry.PATCH_NAMES)}",
         )
     report.data["configuration"]["patches_selected"] = sorted(registry.selected(**arguments))
     return full

@@ -131,6 +131,8 @@ def patched_process_submit(original: Callable[..., Any]) -> Callable[..., Any]:
     Every job is wrapped, even with no current span: its empty carrier then clears the context a
     forked worker inherited from its parent."""
 
+    # Written out like patched_submit's, not shared with it: each is the one function put in
+    # place of its pool's ``submit`` (same signature, no extra call per job).
     @functools.wraps(original)
     def submit(
         self: concurrent.futures.Executor, fn: Any = _NO_FN, /, *args: Any, **kwargs: Any

@@ -22,6 +22,8 @@ from typing import Any, Collection, Dict, FrozenSet, List, Mapping, Optional
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor
 
+from aiotrace_boot.switches import INSTALL_KEYWORDS
+
 from . import registry
 
 __all__ = ["AiotraceInstrumentor", "instrumented"]
@@ -33,20 +35,21 @@ def _install_arguments(environ: Mapping[str, str]) -> Optional[Dict[str, Any]]:
     """``install()`` keyword arguments from the ``AIOTRACE_*`` variables, or None when
     ``AIOTRACE_ENABLE`` says off. Bad values give one line on stderr, as at start-up."""
     import aiotrace_boot
-    from aiotrace_boot import _config
+    from aiotrace_boot.switches import by_keyword, unknown_patch_names
 
-    if _config.switch(environ.get("AIOTRACE_ENABLE", "")) == "off":
+    state = aiotrace_boot.state(environ)
+    if state["variable"] == "off":
         return None
     # The start-up hook already read these variables and reported their bad values.
-    warn = (lambda message: None) if aiotrace_boot.state()["hook_booted"] else aiotrace_boot.warn
+    warn = (lambda message: None) if state["hook_booted"] else aiotrace_boot.warn
     # Parsed as if enabled, so that the other variables are read (and checked) the same way.
-    config = _config.from_environ({**environ, "AIOTRACE_ENABLE": "1"}, warn)
+    config = aiotrace_boot.configuration(environ, warn, as_if_enabled=True)
     arguments, unknown = config.install_arguments(registry.PATCH_NAMES)
     if unknown:
+        variable = by_keyword("exclude").variable
         warn(
-            f"AIOTRACE_DISABLED_PATCHES={environ['AIOTRACE_DISABLED_PATCHES']!r} has unknown "
-            f"patch name(s) {', '.join(map(repr, unknown))}; accepted: "
-            f"{', '.join(registry.PATCH_NAMES)}; ignoring those"
+            f"{variable}={environ[variable]!r} has "
+            f"{unknown_patch_names(unknown, registry.PATCH_NAMES)}; ignoring those"
         )
     return arguments
 
@@ -97,6 +100,4 @@ def instrumented() -> bool:
     return bool(_instrumented)
 
 
-_INSTALL_OPTIONS = frozenset(
-    {"patch_queue", "patch_locks", "patch_threads", "server_context", "close_asyncgens", "exclude"}
-)
+_INSTALL_OPTIONS = frozenset(INSTALL_KEYWORDS)

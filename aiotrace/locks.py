@@ -13,6 +13,10 @@ Where the stdlib would not wait at all, they take its own fast path first, so an
 acquire costs what it costs in the stdlib. Those fast paths read ``_locked``, ``_waiters`` and
 ``_value``, which every CPython from 3.8 to 3.13 has (read in their ``asyncio/locks.py``); their
 conditions are stricter than the stdlib's, so they never take what the stdlib would wait for.
+
+Each class writes its save-await-restore out in full, alike as they are: a shared helper
+coroutine (or a decorator) would add a frame to every await chain that waits here, which
+aiotrace's replacements never do (CONTRIBUTING.md, "Code").
 """
 
 from __future__ import annotations

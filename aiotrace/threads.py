@@ -17,18 +17,25 @@ from __future__ import annotations
 
 import functools
 import inspect
+import logging
 import sys
 import threading
 from contextvars import copy_context
 from typing import Any, Callable, Dict, Optional
 
+from .patching import Foreign
+
 __all__ = [
     "OTEL_THREADING",
+    "leaving_otel_threading",
+    "mark",
     "otel_threading_wrapper",
     "patched_bootstrap_inner",
     "patched_start",
     "thread_propagation",
 ]
+
+logger = logging.getLogger("aiotrace")
 
 OTEL_THREADING = "opentelemetry-instrumentation-threading"
 _OTEL_THREADING_MODULE = "opentelemetry.instrumentation.threading"
@@ -132,14 +139,42 @@ def patched_bootstrap_inner(original: Callable[..., Any]) -> Callable[..., Any]:
     return _bootstrap_inner
 
 
-def _carrier(owner: str, cls: Any, attribute: str) -> Optional[str]:
-    from . import registry
-
-    if otel_threading_wrapper(inspect.getattr_static(cls, attribute, None)) is not None:
+def _carrier(cls: Any, attribute: str) -> Optional[str]:
+    current = inspect.getattr_static(cls, attribute, None)
+    if otel_threading_wrapper(current) is not None:
         return OTEL_THREADING
-    if registry.original(owner, attribute) is not None:
+    if getattr(current, "__aiotrace_patch__", False):
         return "aiotrace"
     return None
+
+
+def mark(replacement: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark ``replacement`` as aiotrace's, for :func:`thread_propagation` (which so never asks
+    the patch engine: the arrows point from the registry to this module, not back)."""
+    replacement.__aiotrace_patch__ = True  # type: ignore[attr-defined]
+    return replacement
+
+
+def leaving_otel_threading(
+    make: Callable[[Any], Any], watched: Optional[Callable[[], Any]] = None
+) -> Callable[[Any], Any]:
+    """A factory for a thread or thread-pool patch that stays out where
+    opentelemetry-instrumentation-threading already wraps the attribute (or ``watched()``):
+    it then carries the context; the engine records the attribute as another library's."""
+
+    @functools.wraps(make)
+    def make_unless_otel(original: Any) -> Any:
+        theirs = otel_threading_wrapper(watched() if watched else original)
+        if theirs is not None:
+            logger.debug(
+                "aiotrace: %s already carries the context across %s; aiotrace stays out",
+                OTEL_THREADING,
+                getattr(original, "__qualname__", original),
+            )
+            raise Foreign(theirs)
+        return mark(make(original))
+
+    return make_unless_otel
 
 
 def thread_propagation() -> Dict[str, Optional[str]]:
@@ -162,5 +197,5 @@ def thread_propagation() -> Dict[str, Optional[str]]:
         ),
     ):
         cls = getattr(sys.modules.get(module), owner, None)
-        found[key] = None if cls is None else _carrier(f"{module}:{owner}", cls, attribute)
+        found[key] = None if cls is None else _carrier(cls, attribute)
     return found

@@ -22,9 +22,11 @@ from _thread import allocate_lock
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from typing import Mapping, Optional
+    from typing import Callable, Mapping, Optional
 
-__all__ = ["start", "state"]
+    from ._config import Config
+
+__all__ = ["configuration", "start", "state", "warn"]
 
 _lock = allocate_lock()
 _seen: set = set()  # AIOTRACE_ENABLE values already acted on ("1", "0", "ture", …)
@@ -78,12 +80,35 @@ def state(environ: "Optional[Mapping[str, str]]" = None) -> dict:
     }
 
 
+def configuration(
+    environ: "Optional[Mapping[str, str]]" = None,
+    warn: "Optional[Callable[[str], None]]" = None,
+    *,
+    as_if_enabled: bool = False,
+) -> "Config":
+    """The configuration the ``AIOTRACE_*`` variables of ``environ`` (default ``os.environ``)
+    describe, one attribute per row of :data:`aiotrace_boot.switches.SWITCHES`;
+    ``Config.install_arguments()`` gives ``aiotrace.install()``'s keywords. ``warn`` (default:
+    this package's :func:`warn`) receives one line per bad value. ``as_if_enabled``: read
+    every variable even when ``AIOTRACE_ENABLE`` is off (doctor, the instrumentor); ``enabled``
+    still says what ``AIOTRACE_ENABLE`` says."""
+    from . import _config  # not at start-up: the hook imports it itself
+
+    environ = os.environ if environ is None else environ
+    warn = globals()["warn"] if warn is None else warn
+    if not as_if_enabled:
+        return _config.from_environ(environ, warn)
+    config = _config.from_environ({**environ, "AIOTRACE_ENABLE": "1"}, warn)
+    config.enabled = _config.switch(environ.get("AIOTRACE_ENABLE") or "") == "on"
+    return config
+
+
 def warn(message: str) -> None:
-    """One line on stderr, prefixed with ``aiotrace:``; never raises (stderr may be closed)."""
+    """One line on stderr, prefixed with ``aiotrace:``; never raises (stderr may be closed).
+    (``_warn`` is imported only when there is something to say: importing this package loads
+    no other module.)"""
     try:
-        stream = sys.stderr
-        if stream is not None:
-            stream.write(f"aiotrace: {message}\n")
-            stream.flush()
+        from ._warn import warn as say
     except Exception:  # nowhere left to report to
-        pass
+        return
+    say(message)

@@ -28,12 +28,21 @@ then waits, and the package's last line calls :func:`package_loaded`.
 import os
 import sys
 
-from . import _config, warn
+from . import _config
+from ._late import (
+    LATE_PATCH_MODULES,
+    _LateFinder,
+    _WatchingFinder,
+    follow_late_modules,
+    late_modules_follower,
+)
+from ._warn import warn
+from .switches import by_keyword, unknown_patch_names
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from types import ModuleType
-    from typing import Any, Callable, Dict, List, Optional, Sequence, Set
+    from typing import Any, Callable, Dict, List, Optional, Set
 
 __all__ = [
     "LATE_PATCH_MODULES",
@@ -42,14 +51,6 @@ __all__ = [
     "late_modules_follower",
     "package_loaded",
 ]
-
-# Modules whose patches ``aiotrace.install()`` applies only once they are imported (the
-# registry's ``if_imported`` patches: importing them just to patch them would cost every
-# application, e.g. 10-20 ms for multiprocessing). Loading one after asyncio installs again.
-# tests/test_boot_start.py checks that this matches the registry. aiotrace installed another way
-# (``install()`` from code, the OpenTelemetry instrumentor) gets the same through
-# ``follow_late_modules``.
-LATE_PATCH_MODULES = ("uvloop", "concurrent.futures.process", "anyio.streams.memory")
 
 
 def boot() -> bool:
@@ -149,30 +150,7 @@ def _when_initialised(name: str, callback: "Callable[[], None]") -> bool:
     return True
 
 
-def follow_late_modules(install: "Callable[[], Any]") -> None:
-    """Have ``install`` called each time a module of ``LATE_PATCH_MODULES`` has loaded, as the
-    start-up hook's finder does after them; for ``aiotrace.install()`` called another way.
-
-    Nothing to do when the start-up hook's finder (or an earlier call's) is in
-    ``sys.meta_path``, or when every late module is imported already.
-    """
-    if late_modules_follower() is not None:
-        return
-    if all(name in sys.modules for name in LATE_PATCH_MODULES):
-        return
-    sys.meta_path.insert(0, _LateFinder(install))
-
-
-def late_modules_follower() -> "Optional[str]":
-    """Who installs aiotrace's patches when a late module loads: ``"start-up hook"``,
-    ``"install()"`` (``follow_late_modules``), or None."""
-    for finder in sys.meta_path:
-        if isinstance(finder, _Finder) and finder.enabled:
-            return "install()" if isinstance(finder, _LateFinder) else "start-up hook"
-    return None
-
-
-class _Finder:
+class _Finder(_WatchingFinder):
     def __init__(self, config: "_config.Config") -> None:
         self.config = config
         self.watched: Set[str] = {"asyncio", *LATE_PATCH_MODULES, *config.watch_modules}
@@ -182,40 +160,6 @@ class _Finder:
         self.enabled = True  # off after a failed first install (then nothing is patched)
         self._applied: Dict[str, Any] = {}
         self._announced: Set[str] = set()  # patches already reported under AIOTRACE_DEBUG
-
-    # -- importlib protocol ------------------------------------------------------------------
-    def find_spec(
-        self, fullname: str, path: "Optional[Sequence[str]]" = None, target: "Any" = None
-    ) -> "Any":
-        if fullname not in self.watched or fullname in self.looking or not self.enabled:
-            return None
-        self.looking.add(fullname)
-        try:
-            spec = self._find_with_others(fullname, path, target)
-        except Exception:  # let the import system look (and fail) as usual
-            return None
-        finally:
-            self.looking.discard(fullname)
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return None
-        try:
-            _after_exec(spec.loader, fullname, self)
-        except Exception:  # a loader we cannot wrap is loaded unwatched
-            return None
-        return spec
-
-    def _find_with_others(self, fullname: str, path: "Any", target: "Any") -> "Any":
-        # What importlib._bootstrap._find_spec does, minus this finder.
-        for finder in list(sys.meta_path):
-            if finder is self:
-                continue
-            find_spec = getattr(finder, "find_spec", None)
-            if find_spec is None:
-                continue
-            spec = find_spec(fullname, path, target)
-            if spec is not None:
-                return spec
-        return None
 
     # -- what happens after a watched module loaded -------------------------------------------
     def loaded(self, name: str, module: "ModuleType") -> None:
@@ -274,10 +218,10 @@ class _Finder:
 
             arguments, unknown = config.install_arguments(registry.PATCH_NAMES)
             if unknown:
+                variable = by_keyword("exclude").variable
                 warn(
-                    f"AIOTRACE_DISABLED_PATCHES={os.environ['AIOTRACE_DISABLED_PATCHES']!r} has "
-                    f"unknown patch name(s) {', '.join(map(repr, unknown))}; accepted: "
-                    f"{', '.join(registry.PATCH_NAMES)}; ignoring those"
+                    f"{variable}={os.environ[variable]!r} has "
+                    f"{unknown_patch_names(unknown, registry.PATCH_NAMES)}; ignoring those"
                 )
             registry.install(**arguments)
         except Exception as exc:  # e.g. OpenTelemetry missing or broken
@@ -342,55 +286,3 @@ def _patched() -> str:
     registry = sys.modules.get("aiotrace.registry")
     groups = sorted(registry.installed()) if registry is not None else []
     return f"still patched: {', '.join(groups)}" if groups else _NOTHING
-
-
-class _LateFinder(_Finder):
-    """The start-up hook's finder reduced to the late modules: after one has loaded, it calls
-    the ``install`` it was given (the registry's, for the patch groups asked for so far)."""
-
-    def __init__(self, install: "Callable[[], Any]") -> None:  # no configuration to read
-        self.watched = set(LATE_PATCH_MODULES)
-        self.looking = set()
-        self.enabled = True
-        self._install_again = install
-
-    def loaded(self, name: str, module: "ModuleType") -> None:
-        if not self.enabled:
-            return
-        try:
-            self._install_again()
-        except Exception as exc:  # never disturb the application's import
-            self.enabled = False
-            warn(f"{name}'s patches not applied: {type(exc).__name__}: {exc}")
-
-
-def _after_exec(loader: "Any", name: str, finder: _Finder) -> None:
-    """Make ``loader.exec_module`` tell ``finder`` when the module ``name`` has executed.
-
-    The wrapper is set on the loader instance and removed when it has run, so the module's
-    ``__loader__`` and ``__spec__`` are the import system's own objects, unchanged. Loaders
-    that are classes (builtin and frozen modules) are shared by many modules: not wrapped.
-    """
-    if isinstance(loader, type):
-        raise TypeError("shared loader")
-    real = loader.exec_module
-
-    def exec_module(module: "ModuleType") -> None:
-        if getattr(module, "__name__", None) != name:  # a loader shared by modules (zipimport)
-            return real(module)
-        try:
-            real(module)
-        finally:
-            loader.__dict__.pop("exec_module", None)
-        return finder.loaded(name, module)
-
-    # CPython hides its import machinery from tracebacks: it cuts each run of frames from
-    # "<frozen importlib._bootstrap>" that reaches a "_call_with_frames_removed" frame
-    # (remove_importlib_frames in Python/import.c). Naming this wrapper's frame so makes an
-    # exception raised by the watched module itself show exactly the traceback it has without
-    # aiotrace (checked on 3.8 and 3.13 by tests/test_boot_faults.py); otherwise the wrapper and
-    # three importlib frames would appear in it.
-    exec_module.__code__ = exec_module.__code__.replace(
-        co_filename="<frozen importlib._bootstrap>", co_name="_call_with_frames_removed"
-    )
-    loader.exec_module = exec_module

@@ -31,6 +31,23 @@ def _find_uv() -> Optional[str]:
 
 
 UV = _find_uv()
+# Part of a test app (after ``import asyncio`` and ``from opentelemetry import trace``, with a
+# provider set): a span opened in a run_in_executor job; ``nested`` says whether it nests under
+# the caller's span.
+EXECUTOR_NESTING = """\
+tracer = trace.get_tracer("app")
+
+def job():
+    with tracer.start_as_current_span("job") as span:
+        return span.parent.span_id if span.parent else None
+
+async def main():
+    with tracer.start_as_current_span("caller") as caller:
+        parent = await asyncio.get_running_loop().run_in_executor(None, job)
+        return parent == caller.get_span_context().span_id
+
+nested = asyncio.run(main())
+"""
 TIMEOUT = 300  # guards against a hang only; no test depends on how long anything takes
 
 # Environment variables that would change how a child interpreter starts.

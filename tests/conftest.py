@@ -6,25 +6,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from typing import Any, Callable, Coroutine, Dict, List, Optional
+from typing import Any, Callable, Coroutine, Dict, Optional
 
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace import ReadableSpan
 
 import aiotrace
+from aiotrace.testing import RecordedSpans, global_exporter
 
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is in the test extra
     uvloop = None
 
-_EXPORTER = InMemorySpanExporter()
-_PROVIDER = TracerProvider()
-_PROVIDER.add_span_processor(SimpleSpanProcessor(_EXPORTER))
-trace.set_tracer_provider(_PROVIDER)
+# The exporter of the pytest helper (aiotrace/testing.py), which sets the SDK's provider.
+_EXPORTER = global_exporter()
 tracer = trace.get_tracer("aiotrace-tests")
 
 
@@ -92,31 +89,23 @@ def drop_run() -> Callable[[Coroutine[Any, Any, Any]], Any]:
     return lambda coro: run_on(DroppingLoop, coro)
 
 
-class Spans:
-    """The finished spans of one test, looked up by name (names are unique in a test)."""
+class Spans(RecordedSpans):
+    """The pytest helper's :class:`~aiotrace.testing.RecordedSpans`, plus the lookups these
+    tests make by span name (names are unique in a test)."""
 
-    def __init__(self, exporter: InMemorySpanExporter) -> None:
-        self._exporter = exporter
-
-    @property
-    def all(self) -> List[ReadableSpan]:
-        return list(self._exporter.get_finished_spans())
-
-    def named(self, name: str) -> ReadableSpan:
-        found = [s for s in self.all if s.name == name]
-        assert len(found) == 1, f"expected one span named {name!r}, got {len(found)}"
-        return found[0]
+    def span(self, name: str) -> ReadableSpan:
+        """The SDK's span called ``name``."""
+        return self.named(name).span
 
     def parent(self, name: str) -> Optional[str]:
         """The name of the parent of span ``name`` (None for a root)."""
-        span = self.named(name)
-        if span.parent is None:
-            return None
-        by_id = {s.context.span_id: s.name for s in self.all}
-        return by_id.get(span.parent.span_id, "<unfinished or foreign span>")
+        node = self.named(name)
+        if node.parent is not None:
+            return node.parent.name
+        return "<unfinished or foreign span>" if node.parent_missing else None
 
     def trace_of(self, name: str) -> int:
-        return self.named(name).context.trace_id
+        return self.named(name).trace_id
 
 
 @pytest.fixture
@@ -150,3 +139,13 @@ def _clean_state(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixtur
     ):
         return
     assert not failures, f"OpenTelemetry logged: {[r.getMessage() for r in failures]}"
+
+
+@pytest.fixture(scope="session")
+def envs() -> Any:
+    """The fresh virtual environments of the start-up tests (tests/bootenv.py): built when a
+    test first asks for one, removed after the session."""
+    from bootenv import cleanup, environments
+
+    yield environments()
+    cleanup()

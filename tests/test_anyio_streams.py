@@ -362,11 +362,11 @@ def test_consume_runs_the_block_in_the_senders_trace(run, installed, spans, mode
     if mode == "parent":
         assert spans.parent("work") == ("producer" if installed else "consumer")
     else:
-        handle = spans.named("handle")
+        handle = spans.span("handle")
         assert spans.parent("work") == "handle"
         assert handle.parent is None
         linked = [link.context.span_id for link in handle.links]
-        assert linked == ([spans.named("producer").context.span_id] if installed else [])
+        assert linked == ([spans.span("producer").context.span_id] if installed else [])
 
 
 def test_consume_takes_queues_too(request, run, spans) -> None:

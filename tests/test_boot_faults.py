@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from bootenv import TIMEOUT, Environments, Venv, clean_env, cleanup, environments, write
+from bootenv import TIMEOUT, Environments, Venv, clean_env, write
 
 pytestmark = pytest.mark.boot
 
@@ -35,12 +35,6 @@ async def main():
 
 asyncio.run(main())
 """
-
-
-@pytest.fixture(scope="session")
-def envs() -> Environments:
-    yield environments()
-    cleanup()
 
 
 @pytest.fixture(scope="session")

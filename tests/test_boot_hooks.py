@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-from bootenv import Environments, Venv, cleanup, environments, write
+from bootenv import Environments, Venv, write
 
 from aiotrace import registry
 
@@ -192,12 +192,6 @@ APPS: Dict[str, str] = {
 
 
 @pytest.fixture(scope="session")
-def envs() -> Environments:
-    yield environments()
-    cleanup()
-
-
-@pytest.fixture(scope="session")
 def venv(envs: Environments) -> Venv:
     return envs.hooks
 
@@ -294,8 +288,8 @@ STOCK = {
     "installed": [],
 }
 
-# aiotrace modules that install() imports (and the package does not): a broken one makes the
-# patch that needs it fail part-way, after other groups were applied.
+# aiotrace modules whose factories the catalogue names: with each factory broken (it raises),
+# the patch that needs it fails part-way, after other groups were applied.
 BROKEN = {
     "servers": "asyncio.base_events.BaseEventLoop.create_server",
     "transports": "asyncio.selector_events._SelectorSocketTransport.pause_reading",
@@ -307,16 +301,24 @@ BROKEN = {
 def test_a_failing_first_install_leaves_nothing_patched(
     venv: Venv, tmp_path: Path, module: str
 ) -> None:
-    # A finder that answers for one aiotrace module with an empty one.
+    # A finder that loads one aiotrace module with every factory (``patched_*``) broken.
     broken = (
-        "import importlib.machinery, importlib.util, sys\n"
+        "import importlib.machinery, sys\n"
         "class Broken:\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        f"        if name == 'aiotrace.{module}':\n"
-        "            return importlib.util.spec_from_loader(name, Empty())\n"
-        "class Empty:\n"
-        "    def create_module(self, spec): return None\n"
-        "    def exec_module(self, module): pass\n"
+        f"        if name != 'aiotrace.{module}':\n"
+        "            return None\n"
+        "        spec = importlib.machinery.PathFinder.find_spec(name, path)\n"
+        "        run = spec.loader.exec_module\n"
+        "        def exec_module(module):\n"
+        "            run(module)\n"
+        "            for attribute in list(vars(module)):\n"
+        "                if attribute.startswith('patched_'):\n"
+        "                    setattr(module, attribute, fail)\n"
+        "        spec.loader.exec_module = exec_module\n"
+        "        return spec\n"
+        "def fail(original):\n"
+        f"    raise RuntimeError({repr('aiotrace.' + module)!r} + ' is broken')\n"
         "sys.meta_path.insert(0, Broken())\n"
     )
     write(tmp_path, {"app.py": broken + STATE})
@@ -328,7 +330,7 @@ def test_a_failing_first_install_leaves_nothing_patched(
     assert line.startswith(
         f"aiotrace: not enabled: InstallError: aiotrace could not patch {BROKEN[module]}: "
     ), line
-    assert f"'aiotrace.{module}'" in line  # the cause: the name it lacks
+    assert f"'aiotrace.{module}' is broken" in line  # the cause
     assert "; nothing was changed (" in line
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from bootenv import Environments, Venv, cleanup, environments, write
+from bootenv import Environments, Venv, write
 
 pytestmark = pytest.mark.boot
 
@@ -52,12 +52,6 @@ def test_the_helper_records_spans(otel_spans):
     assert otel_spans.shape() == {"request": {"db": {}}}
 """,
 }
-
-
-@pytest.fixture(scope="session")
-def envs() -> Environments:
-    yield environments()
-    cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from bootenv import Environments, Venv, cleanup, environments, write
+from bootenv import EXECUTOR_NESTING, Environments, Venv, write
 
 pytestmark = pytest.mark.boot
 
@@ -17,7 +17,8 @@ pytestmark = pytest.mark.boot
 # first line, the module of the metaclass of the class ``from asyncio import Queue`` gets
 # (``aiotrace.aliases`` for aiotrace's, which carries asyncio's own ``__module__``), whether a
 # span opened in a run_in_executor job nests under its caller, and the app's argv and __name__.
-APP = """\
+APP = (
+    """\
 import sys
 watched = ("asyncio", "opentelemetry", "aiotrace", "aiotrace_boot")
 early = sorted(m for m in sys.modules if m.split(".")[0] in watched)
@@ -27,30 +28,16 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 trace.set_tracer_provider(TracerProvider())
-tracer = trace.get_tracer("app")
-
-def job():
-    with tracer.start_as_current_span("job") as span:
-        return span.parent.span_id if span.parent else None
-
-async def main():
-    with tracer.start_as_current_span("caller") as caller:
-        parent = await asyncio.get_running_loop().run_in_executor(None, job)
-        return parent == caller.get_span_context().span_id
-
-nested = asyncio.run(main())
+"""
+    + EXECUTOR_NESTING
+    + """\
 print(json.dumps({"early": early, "queue": type(Queue).__module__, "nested": nested,
                   "argv": sys.argv, "name": __name__}))
 sys.exit(int(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1].isdigit() else 0)
 """
+)
 
 ENABLED = {"AIOTRACE_ENABLE": "1"}
-
-
-@pytest.fixture(scope="session")
-def envs() -> Environments:
-    yield environments()
-    cleanup()
 
 
 @pytest.fixture(scope="session")

@@ -87,4 +87,4 @@ def test_cancelled_span_leaves_nothing_behind(honest_run, spans, scenario, insta
     assert honest_run(parent(scenario)) == outside
     assert spans.parent("child") == "parent"
     assert spans.parent("after") == "parent"
-    assert spans.named("child").end_time is not None
+    assert spans.span("child").end_time is not None

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from bootenv import (
+    EXECUTOR_NESTING,
     TIMEOUT,
     Environments,
     Venv,
@@ -27,7 +28,8 @@ from aiotrace import registry
 
 # A span opened in a run_in_executor job: does it nest under the caller's span? Also prints
 # which patches are active and how many wrappers ThreadPoolExecutor.submit has (1: wrapped once).
-APP = """\
+APP = (
+    """\
 import asyncio, json
 from opentelemetry import trace
 import concurrent.futures.thread as thread
@@ -35,18 +37,9 @@ from opentelemetry.sdk.trace import TracerProvider
 
 if not isinstance(trace.get_tracer_provider(), TracerProvider):  # run without the distro
     trace.set_tracer_provider(TracerProvider())
-tracer = trace.get_tracer("app")
-
-def job():
-    with tracer.start_as_current_span("job") as span:
-        return span.parent.span_id if span.parent else None
-
-async def main():
-    with tracer.start_as_current_span("caller") as caller:
-        parent = await asyncio.get_running_loop().run_in_executor(None, job)
-        return parent == caller.get_span_context().span_id
-
-nested = asyncio.run(main())
+"""
+    + EXECUTOR_NESTING
+    + """\
 import aiotrace
 depth, submit = 0, thread.ThreadPoolExecutor.submit
 while hasattr(submit, "__wrapped__"):
@@ -55,6 +48,7 @@ print(json.dumps({"nested": nested, "installed": sorted(aiotrace.installed()),
                   "submit_wrappers": depth,
                   "provider": type(trace.get_tracer_provider()).__module__}))
 """
+)
 
 # The distro's defaults export over OTLP; nothing is exported here.
 QUIET = {

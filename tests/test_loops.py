@@ -11,7 +11,7 @@ from typing import Any, Callable, List
 
 import pytest
 from conftest import LOOPS, DroppingLoop, run_on, tracer
-from test_locks import SCENARIOS
+from test_waiters import SCENARIOS
 
 import aiotrace
 from aiotrace import loops, registry
@@ -136,16 +136,6 @@ def test_the_repair_goes_with_the_waiter_groups():
     assert "loop_context" in registry.selected(patch_queue=False)
     assert "loop_context" not in registry.selected(patch_queue=False, patch_locks=False)
     assert "loop_context" not in registry.selected(exclude=["loop_context"])
-
-
-@pytest.mark.parametrize("scenario", ["Lock.acquire", "Event.wait"])
-def test_installed_classes_rely_on_the_repair(drop_run, spans, scenario):
-    """Installed, asyncio's classes are aiotrace's aliases, which wait with asyncio's own
-    methods: with the repair excluded, the dropping loop's failure shows through them."""
-    aiotrace.install(exclude=["loop_context"])
-    assert asyncio.Lock is not STDLIB.Lock
-    drop_run(SCENARIOS[scenario].run(asyncio, tracer))
-    assert spans.parent("after") == "waker"
 
 
 def test_uninstall_leaves_a_loop_method_replaced_by_someone_else():

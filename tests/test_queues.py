@@ -1,4 +1,5 @@
-"""Queue waiters resume in their own context, and the stdlib queue behaviour is intact."""
+"""The stdlib queue behaviour is intact, explicit and installed (the waiter suite shared with
+the locks is tests/test_waiters.py)."""
 
 from __future__ import annotations
 
@@ -8,84 +9,15 @@ import types
 from typing import Any
 
 import pytest
-from conftest import tracer
-from waiting import Scenario, until_blocked
+from waiting import until_blocked
 
 import aiotrace
 
-
-def _full(q: Any) -> None:
-    q.put_nowait(0)
-
-
-def _done_one(q: Any) -> None:
-    q.get_nowait()
-    q.task_done()
-
-
-SCENARIOS = {
-    "Queue.get": Scenario(
-        make=lambda ns: ns.Queue(), wait=lambda q: q.get(), wake=lambda q: q.put_nowait(1)
-    ),
-    "Queue.put": Scenario(
-        make=lambda ns: ns.Queue(maxsize=1),
-        prepare=_full,
-        wait=lambda q: q.put(1),
-        wake=lambda q: q.get_nowait(),
-    ),
-    "Queue.join": Scenario(
-        make=lambda ns: ns.Queue(), prepare=_full, wait=lambda q: q.join(), wake=_done_one
-    ),
-    "PriorityQueue.get": Scenario(
-        make=lambda ns: ns.PriorityQueue(), wait=lambda q: q.get(), wake=lambda q: q.put_nowait(1)
-    ),
-    "LifoQueue.get": Scenario(
-        make=lambda ns: ns.LifoQueue(), wait=lambda q: q.get(), wake=lambda q: q.put_nowait(1)
-    ),
-}
-
-STDLIB = types.SimpleNamespace(
-    Queue=asyncio.Queue, PriorityQueue=asyncio.PriorityQueue, LifoQueue=asyncio.LifoQueue
-)
 PROPAGATING = types.SimpleNamespace(
     Queue=aiotrace.PropagatingQueue,
     PriorityQueue=aiotrace.PropagatingPriorityQueue,
     LifoQueue=aiotrace.PropagatingLifoQueue,
 )
-
-
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_stdlib_waiter_resumes_in_wakers_context_on_a_dropping_loop(drop_run, spans, scenario):
-    drop_run(SCENARIOS[scenario].run(STDLIB, tracer))
-    assert spans.parent("after") == "waker"
-
-
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_stdlib_waiter_resumes_in_own_context_on_honest_loops(honest_run, spans, scenario):
-    honest_run(SCENARIOS[scenario].run(STDLIB, tracer))
-    assert spans.parent("after") == "waiter"
-
-
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_propagating_waiter_resumes_in_own_context(run, spans, scenario):
-    run(SCENARIOS[scenario].run(PROPAGATING, tracer))
-    assert spans.parent("after") == "waiter"
-
-
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_installed_asyncio_queues_resume_waiter_in_own_context(run, spans, scenario):
-    aiotrace.install()
-    run(SCENARIOS[scenario].run(asyncio, tracer))
-    assert spans.parent("after") == "waiter"
-
-
-@pytest.mark.parametrize("scenario", sorted(SCENARIOS))
-def test_patch_queue_false_leaves_the_stdlib_failure(drop_run, spans, scenario):
-    # Queue.join() waits on an asyncio.Event: leave the locks unpatched too.
-    aiotrace.install(patch_queue=False, patch_locks=False)
-    assert asyncio.Queue is STDLIB.Queue
-    drop_run(SCENARIOS[scenario].run(asyncio, tracer))
-    assert spans.parent("after") == "waker"
 
 
 def _kinds() -> Any:

@@ -16,9 +16,9 @@ import types
 import pytest
 
 import aiotrace
-from aiotrace import registry
+from aiotrace import catalogue, patching, registry
 
-_resolve = registry._resolve  # tests below break the registry's own
+_resolve = patching._resolve  # tests below break the registry's own
 
 
 def _snapshot():
@@ -259,20 +259,20 @@ def _inject(monkeypatch: pytest.MonkeyPatch, target: registry.Patch, fault: str)
         patches = tuple(
             dataclasses.replace(p, make=broken) if p is target else p for p in registry.PATCHES
         )
-        monkeypatch.setattr(registry, "PATCHES", patches)
+        monkeypatch.setattr(catalogue, "PATCHES", patches)
     elif fault == "setattr":
-        owner = registry._resolve(target.owner)
+        owner = patching._resolve(target.owner)
 
         def setattr_(obj: object, name: str, value: object) -> None:
             if obj is owner and name == target.attribute and value is not vars(owner).get(name):
                 broken()
             setattr(obj, name, value)
 
-        monkeypatch.setattr(registry, "setattr", setattr_, raising=False)
+        monkeypatch.setattr(patching, "setattr", setattr_, raising=False)
     else:
-        resolve = registry._resolve
+        resolve = patching._resolve
         monkeypatch.setattr(
-            registry,
+            patching,
             "_resolve",
             lambda owner: broken() if owner == target.owner else resolve(owner),
         )
@@ -344,4 +344,27 @@ def test_rebind_is_all_or_nothing():
     with pytest.raises(aiotrace.InstallError, match=r"captured\.Lock: AttributeError: read-only"):
         registry.rebind(module)
     assert all(vars(module)[name] is value for name, value in stock.items())
-    assert not any(key[0] is module for key in registry._rebound)
+    assert not any(key[0] is module for key in patching._rebound)
+
+
+def test_the_registry_keeps_every_public_name_of_before_the_split():
+    """aiotrace.registry is still where these are imported from (their homes are now the
+    engine, aiotrace/patching.py, and the catalogue, aiotrace/catalogue.py)."""
+    from aiotrace.registry import (  # noqa: F401
+        LOCK_PATCHES,
+        PATCH_NAMES,
+        PATCHES,
+        InstallError,
+        Patch,
+        UnknownPatchError,
+        conflicts,
+        install,
+        installed,
+        original,
+        rebind,
+        selected,
+        uninstall,
+    )
+
+    assert PATCHES is catalogue.PATCHES and conflicts is patching.conflicts
+    assert install is aiotrace.install and InstallError is aiotrace.InstallError

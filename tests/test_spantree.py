@@ -17,7 +17,7 @@ def test_shape_nests_children_under_parents(spans) -> None:
             pass
     with tracer.start_as_current_span("other"):
         pass
-    tree = SpanTree(spans.all)
+    tree = SpanTree(spans.finished)
     assert tree.shape() == {"request": {"db": {}, "render": {"template": {}}}, "other": {}}
     assert [t.shape() for t in tree.traces()] == [
         {"request": {"db": {}, "render": {"template": {}}}},
@@ -34,7 +34,7 @@ def test_repeated_sibling_names_are_numbered_in_start_order(spans) -> None:
         for n in range(3):
             with tracer.start_as_current_span("db") as db:
                 db.set_attribute("n", n)
-    tree = SpanTree(spans.all)
+    tree = SpanTree(spans.finished)
     assert tree.shape() == {"request": {"db": {}, "db #2": {}, "db #3": {}}}
     assert [node.span.attributes["n"] for node in tree.all_named("db")] == [0, 1, 2]
     with pytest.raises(LookupError, match="expected one span named 'db', found 3"):
@@ -45,7 +45,7 @@ def test_a_span_whose_parent_is_not_recorded_is_a_root(spans) -> None:
     parent = tracer.start_span("still open")
     with tracer.start_as_current_span("child", context=trace.set_span_in_context(parent)):
         pass
-    tree = SpanTree(spans.all)
+    tree = SpanTree(spans.finished)
     parent.end()
     assert tree.shape() == {"child": {}}
     assert tree.named("child").parent_missing
@@ -61,7 +61,7 @@ def test_render_draws_traces_children_and_links(spans) -> None:
     link = trace.Link(request.get_span_context())
     with tracer.start_as_current_span("batch", context=context.Context(), links=[link]):
         pass
-    tree = SpanTree(spans.all)
+    tree = SpanTree(spans.finished)
     assert tree.render(durations=False).splitlines() == [
         "trace 1 (3 spans)",
         "  request",

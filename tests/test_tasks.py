@@ -1,5 +1,6 @@
-"""Task creation: stock asyncio already nests spans correctly (kept so), and ``otel_ctx=``
-lets the caller choose the context a task starts with."""
+"""Task creation: stock asyncio already nests spans correctly (kept so), ``otel_ctx=`` lets the
+caller choose the context a task starts with, and ``linked_root`` starts background work in a
+new trace linked to the caller's."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 
 import pytest
 from conftest import tracer
-from opentelemetry import context, trace
+from opentelemetry import baggage, context, trace
+from opentelemetry.trace import StatusCode
 
 import aiotrace
 
@@ -126,7 +128,7 @@ def test_callers_context_is_honoured_and_never_changed(honest_run, spans):
 
     honest_run(main())
     # ``own`` was copied before "parent" started, so both tasks ran without a parent span.
-    assert [s.parent for s in spans.all if s.name == "inside"] == [None, None]
+    assert [s.parent for s in spans.finished if s.name == "inside"] == [None, None]
 
 
 @needs_312
@@ -328,3 +330,153 @@ def test_installed_task_group_cancel(honest_run, spans):
     assert sorted(cancelled) == ["a", "b"]
     assert spans.parent("a") == "request"
     assert spans.parent("b") is None
+
+
+# -- background work detached from the request, linked to it -----------------------------------
+# On honest loops only: a loop that drops ``call_soon(..., context=)`` runs every task in its
+# creator's context, whatever context it was given (see test_tasks).
+
+
+async def _background(name: str = "work") -> None:
+    with tracer.start_as_current_span(name):
+        pass
+
+
+def test_stdlib_background_task_stays_in_the_requests_trace(run, spans):
+    """What ``linked_root`` changes: by default, fire-and-forget work is a child of the request
+    (often of a span that has long ended when the work runs)."""
+
+    async def main() -> None:
+        with tracer.start_as_current_span("request"):
+            task = asyncio.ensure_future(_background())
+        await task
+
+    run(main())
+    assert spans.parent("work") == "request"
+
+
+def test_linked_root_starts_a_new_trace_linked_to_the_caller(honest_run, spans):
+    async def main() -> None:
+        with tracer.start_as_current_span("request"):
+            task = aiotrace.create_task_with_context(
+                _background(), otel_ctx=aiotrace.linked_root("cleanup", attributes={"n": 1})
+            )
+        await task
+
+    honest_run(main())
+    cleanup, request = spans.span("cleanup"), spans.span("request")
+    assert spans.parent("work") == "cleanup"
+    assert cleanup.parent is None
+    assert cleanup.context.trace_id != request.context.trace_id
+    assert [link.context for link in cleanup.links] == [request.context]
+    assert cleanup.attributes["n"] == 1
+    assert cleanup.end_time >= spans.span("work").end_time
+
+
+def test_linked_root_names_the_span_after_the_coroutine(honest_run, spans):
+    aiotrace.install()
+
+    async def main() -> None:
+        with tracer.start_as_current_span("request"):
+            task = asyncio.create_task(_background(), otel_ctx=aiotrace.linked_root())
+        await task
+
+    honest_run(main())
+    assert spans.parent("work") == "_background"
+    assert spans.parent("_background") is None
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="TaskGroup exists from 3.11 on")
+def test_linked_root_in_a_task_group(honest_run, spans):
+    async def main() -> None:
+        async with aiotrace.PropagatingTaskGroup() as group:
+            with tracer.start_as_current_span("request"):
+                group.create_task(_background(), otel_ctx=aiotrace.linked_root("bg"))
+
+    honest_run(main())
+    assert spans.parent("work") == "bg"
+    assert [link.context for link in spans.span("bg").links] == [spans.span("request").context]
+
+
+def test_linked_root_carries_baggage_and_records_failures(honest_run, spans):
+    async def fail() -> None:
+        assert baggage.get_baggage("tenant") == "t1"
+        raise KeyError("gone")
+
+    async def main() -> None:
+        token = aiotrace._otel.attach(baggage.set_baggage("tenant", "t1"))
+        try:
+            task = aiotrace.create_task_with_context(fail(), otel_ctx=aiotrace.linked_root("bg"))
+        finally:
+            aiotrace._otel.detach(token)
+        with pytest.raises(KeyError):
+            await task
+
+    honest_run(main())
+    bg = spans.span("bg")
+    assert bg.links == ()  # no span was current: nothing to link to
+    assert bg.status.status_code is StatusCode.ERROR
+    assert [e.name for e in bg.events] == ["exception"]
+
+
+def test_linked_root_leaves_unretrieved_exceptions_reported(honest_run):
+    """The span records the failure without retrieving it: asyncio still reports a
+    fire-and-forget task whose exception nobody looked at."""
+    import gc
+
+    reported = []
+
+    async def fail() -> None:
+        raise KeyError("gone")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda loop, context: reported.append(context["message"]))
+        task = aiotrace.create_task_with_context(fail(), otel_ctx=aiotrace.linked_root("bg"))
+        while not task.done():
+            await asyncio.sleep(0)
+        await asyncio.sleep(0)  # let the done callback that ends the span run
+        del task
+        gc.collect()
+
+    honest_run(main())
+    assert reported == ["Task exception was never retrieved"]
+
+
+def test_cancelled_linked_root_task_ends_its_span_without_error(honest_run, spans):
+    async def main() -> None:
+        started = asyncio.Event()
+
+        async def forever() -> None:
+            started.set()
+            await asyncio.Event().wait()
+
+        with tracer.start_as_current_span("request"):
+            task = aiotrace.create_task_with_context(forever(), otel_ctx=aiotrace.linked_root("bg"))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)
+
+    honest_run(main())
+    assert spans.span("bg").status.status_code is StatusCode.UNSET
+
+
+def test_linked_root_span_is_ended_when_the_task_cannot_be_created(honest_run, spans):
+    """A refused ``create_task`` (here: not a coroutine) must not leave the linked root span
+    open: it is ended and the error reaches the caller unchanged."""
+
+    async def main() -> None:
+        with tracer.start_as_current_span("request"), pytest.raises(TypeError):
+            aiotrace.create_task_with_context(
+                object(),  # type: ignore[arg-type]
+                otel_ctx=aiotrace.linked_root("refused"),
+            )
+
+    honest_run(main())
+    refused = spans.span("refused")
+    assert refused.end_time is not None
+    assert [link.context.span_id for link in refused.links] == [
+        spans.span("request").context.span_id
+    ]

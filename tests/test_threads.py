@@ -260,6 +260,6 @@ def test_after_uninstrument_aiotrace_installs_on_thread_and_timer(spans, instrum
     start_in_caller(STARTS["Timer"])
     assert spans.parent("worker") == "caller"
     aiotrace.uninstall()
-    spans._exporter.clear()
+    spans.clear()
     start_in_caller(STARTS["Timer"])
     assert spans.parent("worker") is None

@@ -14,7 +14,7 @@ import pytest
 from conftest import LOOPS, run_on, tracer
 
 import aiotrace
-from aiotrace import registry
+from aiotrace import patching, registry
 
 CERT = os.path.join(os.path.dirname(__file__), "localhost.pem")  # self-signed, CN=localhost
 REQUESTS = 3
@@ -191,12 +191,12 @@ def test_uninstall_restores_the_transport_classes_exactly():
     patches = [p for p in registry.PATCHES if p.group == "transport"]
 
     def snapshot():
-        return [vars(registry._resolve(p.owner)).get(p.attribute, "<inherited>") for p in patches]
+        return [vars(patching._resolve(p.owner)).get(p.attribute, "<inherited>") for p in patches]
 
     before = snapshot()
     aiotrace.install()
     for patch in patches:
-        assert getattr(registry._resolve(patch.owner), patch.attribute).__wrapped__
+        assert getattr(patching._resolve(patch.owner), patch.attribute).__wrapped__
     aiotrace.uninstall()
     assert all(a is b for a, b in zip(snapshot(), before))
 
