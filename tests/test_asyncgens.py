@@ -896,8 +896,8 @@ def test_generator_of_a_finished_task_closed_before_otels_generator_is_collected
     if installed:
         assert failures == []
         assert log == ["finally"]
-        chunk_spans = [s for s in spans.all if s.name == "chunk"]
-        request = spans.named("request").context.span_id
+        chunk_spans = [s for s in spans.finished if s.name == "chunk"]
+        request = spans.span("request").context.span_id
         assert [s.parent.span_id for s in chunk_spans] == [request, request]
     else:
         assert failures == [DETACH_FAILURE]
