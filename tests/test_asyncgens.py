@@ -977,8 +977,12 @@ def test_collector_thread_and_loop_never_run_otels_generator_at_once(
         assert (errors, failures, log) == ([], [], ["finally"])
         assert spans.parent("gen") == "request"
     else:
-        assert errors == [repr(ValueError("generator already executing"))]
-        assert failures == [DETACH_FAILURE]
+        # Stock: OpenTelemetry's generator is finalized in the collector thread, outside the
+        # task, so its detach fails. Whether the loop's own close also runs into it while the
+        # thread is inside it ("generator already executing") depends on timing: seen on 3.11,
+        # not in a CI run on 3.9.
+        assert DETACH_FAILURE in failures
+        assert set(errors) <= {repr(ValueError("generator already executing"))}
     caplog.clear()  # the stock failure is what this shows
 
 
