@@ -292,7 +292,10 @@ STOCK = {
 # the patch that needs it fails part-way, after other groups were applied.
 BROKEN = {
     "servers": "asyncio.base_events.BaseEventLoop.create_server",
-    "transports": "asyncio.selector_events._SelectorSocketTransport.pause_reading",
+    # From 3.15 the socket transports are right without aiotrace: only SSL's is patched.
+    "transports": "asyncio.sslproto.SSLProtocol._resume_reading"
+    if sys.version_info >= (3, 15)
+    else "asyncio.selector_events._SelectorSocketTransport.pause_reading",
     "asyncgens": "asyncio.base_events.BaseEventLoop._asyncgen_firstiter_hook",
 }
 
