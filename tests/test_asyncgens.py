@@ -558,19 +558,26 @@ def _collect_in_other_task():
     return other
 
 
+async def disconnected_after_first_chunk(response):
+    """A task streams ``response`` and is cancelled once its first chunk is out (the client
+    left); returns the finished task."""
+    sent = []
+    task = asyncio.create_task(stream([response], sent))
+    while not sent:
+        await asyncio.sleep(0)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return task
+
+
 async def abandoned_stream(log, where, keep_task):
     """The issue's smallest reproduction: a task iterating a spanning generator is cancelled
     (the client disconnected); the generator, owned elsewhere, is collected later, outside it."""
     seen = []
     with tracer.start_as_current_span("request"):
         response = Response(spanning_gen(log))
-        sent = []
-        task = asyncio.create_task(stream([response], sent))
-        while not sent:
-            await asyncio.sleep(0)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        task = await disconnected_after_first_chunk(response)
         del response
         if not keep_task:
             del task
@@ -948,13 +955,7 @@ def test_collector_thread_and_loop_never_run_otels_generator_at_once(
         asyncio.get_running_loop().set_exception_handler(lambda _, ctx: errors.append(ctx))
         with tracer.start_as_current_span("request"):
             response = Response(spanning_gen(log))
-            sent = []
-            task = asyncio.create_task(stream([response], sent))
-            while not sent:
-                await asyncio.sleep(0)
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            task = await disconnected_after_first_chunk(response)
             del response, task
         await asyncio.sleep(0)  # the task's done callbacks
         pausing.name = "gen"

@@ -39,19 +39,12 @@ import pytest
 
 import aiotrace
 from aiotrace import registry
+from aiotrace.patching import _resolve as _owner  # the engine's own lookup of an owner
 
 try:
     import uvloop
 except ImportError:  # pragma: no cover - uvloop is in the test extra
     uvloop = None
-
-
-def _owner(owner: str) -> Any:
-    module, _, qualname = owner.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in filter(None, qualname.split(".")):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _outcome(call: Any) -> Any:
