@@ -190,6 +190,9 @@ def test_plain_python_and_the_disabling_variable_leave_it_off(
     off = _run(instrumented, app, {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "aiotrace"})
     assert (off["nested"], off["installed"], off["submit_wrappers"]) == (False, [], 0)
     assert off["provider"].startswith("opentelemetry.sdk")  # the distro still ran
+    # An explicit AIOTRACE_ENABLE=0 keeps the instrumentor off too (docs/switching-on.md).
+    zero = _run(instrumented, app, {"AIOTRACE_ENABLE": "0"})
+    assert (zero["nested"], zero["installed"], zero["submit_wrappers"]) == (False, [], 0)
     plain = _run(instrumented, app, {}, instrument=False)
     assert (plain["installed"], plain["submit_wrappers"]) == ([], 0)
 

@@ -4,8 +4,10 @@ its span trees request by request.
 
 Every span the app opens itself carries the request's ``rid`` (a query parameter) so that the
 test can tell which request it belongs to. Spans go to the JSON-lines file named by
-``REALSTACK_SPANS``, one line per ended span. ``GET /aiotrace`` says which attributes aiotrace
-patched in this process (nothing when aiotrace is not importable).
+``REALSTACK_SPANS``, one line per ended span, from every process that serves the app
+(``uvicorn --workers``: each line is one ``write`` to a file opened for appending). ``GET
+/aiotrace`` says which attributes aiotrace patched in the process that answers (nothing when
+aiotrace is not importable); it and ``GET /detach-errors`` name that process's pid.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class JsonLinesExporter(SpanExporter):
                 "span": f"{context.span_id:016x}",
                 "parent": f"{parent.span_id:016x}" if parent else None,
                 "rid": (span.attributes or {}).get("rid"),
+                "pid": os.getpid(),  # which uvicorn worker served it (--workers)
             }
             lines.append(json.dumps(record) + "\n")
         with self._lock:
@@ -229,7 +232,7 @@ async def after(rid: str) -> Dict[str, Any]:
 def detach_errors() -> Dict[str, int]:
     """The detach errors logged so far, once the garbage collector has finalized what it can."""
     gc.collect()
-    return {"count": DetachCounter.count}
+    return {"count": DetachCounter.count, "pid": os.getpid()}
 
 
 @app.get("/aiotrace")
@@ -238,8 +241,9 @@ def patched() -> Dict[str, Any]:
         import aiotrace_boot
         from aiotrace import registry
     except ImportError:
-        return {"patched": [], "state": None}
+        return {"patched": [], "state": None, "pid": os.getpid()}
     return {
+        "pid": os.getpid(),
         "patched": sorted(
             p.where for p in registry.PATCHES if registry.original(p.owner, p.attribute)
         ),

@@ -1,14 +1,16 @@
 """The service of issue 14 (tests/realstack/app.py: FastAPI, Starlette, uvicorn, httpx and the
 OpenTelemetry instrumentations, real packages pinned in requirements.txt) served on 127.0.0.1 by
 a subprocess, on asyncio + h11 and on uvloop + httptools, with aiotrace switched on in each of
-the five ways and, for comparison, off. ``nox -s realstack`` runs it; elsewhere it is skipped.
+the issue's five ways (plus ``install()`` from code) and, for comparison, off. ``nox -s
+realstack`` runs it; elsewhere it is skipped.
 
 Each request carries a ``traceparent`` with a trace id of its own, so every span of the server
 is expected in the trace of the request it served, under the parent the route's code implies.
 With aiotrace on: every parent right, no span in another request's trace, no stray trace, zero
 "Failed to detach context" in the server's log, and the same patched attributes in every way of
-switching it on. With aiotrace off the same checks are counted, not asserted, and printed
-(``-s``) beside the counts with it on: the figures of docs/frameworks.md.
+switching it on and in every worker process (``uvicorn --workers 2``). With aiotrace off the
+same checks are counted, not asserted, and printed (``-s``) beside the counts with it on: the
+figures of docs/frameworks.md.
 """
 
 from __future__ import annotations
@@ -133,6 +135,11 @@ class Stack:
             return [self.python, *serve], {**env, "AIOTRACE_ENABLE": "1"}
         if mode == "aiotrace run":
             return [self.python, "-m", "aiotrace", "run", *serve], env
+        if mode == "uvicorn --workers 2":
+            # The supervisor binds the socket and spawns the workers: fresh interpreters, in
+            # which the start-up hook reads the variable they inherit.
+            command = [str(self.bin / "uvicorn"), *uvicorn, "--workers", str(WORKERS[mode])]
+            return command, {**env, "AIOTRACE_ENABLE": "1"} if on else env
         if mode == "install() from code":
             return [self.python, *serve], {**env, "REALSTACK_INSTALL": "1"}
         if mode == "opentelemetry-instrument":
@@ -145,7 +152,11 @@ class Stack:
 
 
 class Server:
-    def __init__(self, command: List[str], env: Dict[str, str], spans: Path) -> None:
+    """The server process, its log, and its port once it has said so and every worker has
+    finished its application start-up (with ``--workers`` the supervisor binds the socket and
+    logs the port before its workers start)."""
+
+    def __init__(self, command: List[str], env: Dict[str, str], spans: Path, workers: int) -> None:
         env = clean_env({**env, "REALSTACK_SPANS": str(spans)})
         self.process = subprocess.Popen(
             command,
@@ -161,17 +172,20 @@ class Server:
 
         def read() -> None:
             assert self.process.stdout is not None
+            ready = 0
             for line in self.process.stdout:
                 self.log.append(line)
                 if "Uvicorn running on http://127.0.0.1:" in line:
                     self.port = int(line.split("127.0.0.1:")[1].split()[0])
+                ready += "Application startup complete." in line
+                if self.port is not None and ready == workers:
                     started.set()
             started.set()
 
         self.reader = threading.Thread(target=read, daemon=True)
         self.reader.start()
         started.wait(TIMEOUT)
-        assert self.port is not None, "".join(self.log)
+        assert self.port is not None and started.is_set(), "".join(self.log)
 
     def stop(self) -> str:
         self.process.terminate()  # uvicorn shuts down gracefully on SIGTERM
@@ -183,11 +197,32 @@ class Server:
 # -- the client ---------------------------------------------------------------------------------
 
 
-async def _drive(port: int) -> Tuple[List[Request], dict]:
+async def _drive(port: int, workers: int) -> Tuple[List[Request], dict]:
     base = f"http://127.0.0.1:{port}"
     requests: List[Request] = []
     limits = httpx.Limits(max_connections=CONCURRENCY)
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=TIMEOUT) as client:
+
+        async def each_worker(route: str) -> Dict[int, dict]:
+            """The first answer to ``GET route`` of each worker process, by pid. Every request
+            is a new connection (``Connection: close``), served by whichever worker accepts it;
+            ten at a time, so that one worker busy with one leaves the next to another."""
+            answers: Dict[int, dict] = {}
+            for attempt in range(50):
+                batch = [Request(route, f"{route}-{attempt}-{i}") for i in range(10)]
+                requests.extend(batch)
+                responses = await asyncio.gather(
+                    *(
+                        client.get(route, headers={**r.headers, "Connection": "close"})
+                        for r in batch
+                    )
+                )
+                for response in responses:
+                    answer = response.raise_for_status().json()
+                    answers.setdefault(answer["pid"], answer)
+                if len(answers) == workers:
+                    return answers
+            raise AssertionError(f"{route}: {len(answers)} of {workers} workers answered")
 
         async def get(route: str, i: int) -> None:
             request = Request(route, f"{route}-{i}")
@@ -234,20 +269,15 @@ async def _drive(port: int) -> Tuple[List[Request], dict]:
         await asyncio.gather(*(upload_then_keep_alive(i) for i in range(CONCURRENCY)))
         # The streamed responses whose client leaves come last: the detach errors logged
         # before them (counted in the server after a gc.collect()) are the other routes'.
-        request = Request("/detach-errors", "detach-errors")
-        requests.append(request)
-        response = await client.get("/detach-errors", headers=request.headers)
-        before_stream = response.json()["count"]
+        counts = await each_worker("/detach-errors")
+        before_stream = sum(answer["count"] for answer in counts.values())
         await asyncio.gather(*(two_chunks_then_leave(i) for i in range(CONCURRENCY)))
         # Their generators, left suspended at a yield, are garbage now: collected here, in
         # another request's task, as the garbage collector would during later traffic.
-        request = Request("/detach-errors", "detach-errors-after")
-        requests.append(request)
-        await client.get("/detach-errors", headers=request.headers)
-        request = Request("/aiotrace", "aiotrace")
-        requests.append(request)
-        patched = (await client.get("/aiotrace", headers=request.headers)).json()
-    return requests, {**patched, "before_stream": before_stream}
+        await each_worker("/detach-errors")
+        patched = await each_worker("/aiotrace")
+    by_worker = [answer["patched"] for answer in patched.values()]
+    return requests, {"patched": by_worker, "before_stream": before_stream}
 
 
 # -- the checks ---------------------------------------------------------------------------------
@@ -306,11 +336,13 @@ def _problems(spans: List[dict], requests: List[Request]) -> Counter:
 MODES_ON = [
     "AIOTRACE_ENABLE=1",
     "aiotrace run",
+    "uvicorn --workers 2",
     "opentelemetry-instrument",
     "Operator layout",
     "install() from code",
 ]
-MODES_OFF = ["plain", "opentelemetry-instrument", "Operator layout"]
+MODES_OFF = ["plain", "uvicorn --workers 2", "opentelemetry-instrument", "Operator layout"]
+WORKERS = {"uvicorn --workers 2": 2}  # server processes; 1 in the other ways
 RUNS = [(mode, True) for mode in MODES_ON] + [(mode, False) for mode in MODES_OFF]
 RESULTS: Dict[Tuple[str, str, bool], dict] = {}
 
@@ -323,9 +355,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Stack:
 def _serve(stack: Stack, mode: str, on: bool, loop: str, tmp_path: Path) -> dict:
     spans_file = tmp_path / "spans.jsonl"
     command, env = stack.command(mode, on, loop)
-    server = Server(command, env, spans_file)
+    workers = WORKERS.get(mode, 1)
+    server = Server(command, env, spans_file, workers)
     try:
-        requests, reported = asyncio.run(_drive(server.port))
+        requests, reported = asyncio.run(_drive(server.port, workers))
     finally:
         log = server.stop()
     spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
@@ -339,7 +372,9 @@ def _serve(stack: Stack, mode: str, on: bool, loop: str, tmp_path: Path) -> dict
         "detach": detach,
         "others": others,
         "detach_before_stream": reported["before_stream"],
-        "patched": reported["patched"],
+        "patched": reported["patched"][0],
+        "patched_by_worker": reported["patched"],
+        "servers": len({span["pid"] for span in spans}),
         "log": log,
     }
     RESULTS[(loop, mode, on)] = result
@@ -348,7 +383,8 @@ def _serve(stack: Stack, mode: str, on: bool, loop: str, tmp_path: Path) -> dict
         f"({reported['before_stream']} before the /stream disconnects), {others} other "
         f"errors logged, "
         f"{sum(result['problems'].values())} span problems {dict(result['problems'])}, "
-        f"{len(result['patched'])} patched attributes"
+        f"{len(result['patched'])} patched attributes, spans from {result['servers']} "
+        f"process(es)"
     )
     return result
 
@@ -357,14 +393,16 @@ def _serve(stack: Stack, mode: str, on: bool, loop: str, tmp_path: Path) -> dict
 @pytest.mark.parametrize(("mode", "on"), RUNS, ids=[f"{m}-{'on' if o else 'off'}" for m, o in RUNS])
 def test_span_trees(stack: Stack, mode: str, on: bool, loop: str, tmp_path: Path) -> None:
     result = _serve(stack, mode, on, loop, tmp_path)
+    assert result["servers"] == WORKERS.get(mode, 1), result["log"][-3000:]
     if not on:
-        assert result["patched"] == [], result["patched"]
+        assert result["patched_by_worker"] == [[]] * WORKERS.get(mode, 1)
         return
     assert dict(result["problems"]) == {}, result["log"][-3000:]
     assert result["detach_before_stream"] == 0, result["log"]
     if loop == "uvloop":
         assert "uvloop.Loop.create_server" in result["patched"]
         assert "uvloop.Loop.shutdown_asyncgens" in result["patched"]
+    assert all(patched == result["patched"] for patched in result["patched_by_worker"])
     reference = RESULTS.get((loop, MODES_ON[0], True))
     if reference is not None:
         assert result["patched"] == reference["patched"]
