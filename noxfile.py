@@ -104,7 +104,7 @@ nox.options.sessions.append("realstack")  # CI runs it with the others
 @nox.session(python="3.12")
 def realstack(session: nox.Session) -> None:
     """The FastAPI/uvicorn service of tests/realstack with the real packages, on asyncio + h11
-    and uvloop + httptools, aiotrace off and on in its five ways (a few minutes)."""
+    and uvloop + httptools, aiotrace off and on in its six ways (a few minutes)."""
     # uv: tests/realstack builds the wheel and the Operator layout's --target directory.
     _install(session, "test", "-r", str(REALSTACK_REQUIREMENTS), "uv")
     with session.chdir(session.create_tmp()):
