@@ -216,8 +216,6 @@ def _doors() -> List[str]:
 
 
 def _startup_hook(report: _Report, config: Config, site_dirs: Iterable[str]) -> None:
-    import importlib.util
-
     files: Dict[str, List[str]] = {"aiotrace.pth": [], "aiotrace.start": []}
     broken: List[str] = []
     for directory in site_dirs:
@@ -229,7 +227,6 @@ def _startup_hook(report: _Report, config: Config, site_dirs: Iterable[str]) -> 
                     if "aiotrace_boot" not in handle.read():
                         broken.append(path)
     doors = _doors()
-    boot_importable = importlib.util.find_spec("aiotrace_boot") is not None
     reasons: List[str] = []
     if not any(files[door] for door in doors):
         reasons.append(f"{' or '.join(doors)} is not in any site-packages directory")
@@ -237,8 +234,6 @@ def _startup_hook(report: _Report, config: Config, site_dirs: Iterable[str]) -> 
         reasons.append(f"{', '.join(broken)} does not start aiotrace_boot")
     if sys.flags.no_site:
         reasons.append("Python runs with -S (site disabled)")
-    if not boot_importable:
-        reasons.append("aiotrace_boot is not importable")
     installed_ok = not reasons
     enabled = bool(config.enabled)
     why_not = [*reasons, *([] if enabled else ["AIOTRACE_ENABLE is not set to a true value"])]

@@ -141,6 +141,18 @@ def _clean_state(request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixtur
     assert not failures, f"OpenTelemetry logged: {[r.getMessage() for r in failures]}"
 
 
+class Flags:
+    """``sys.flags`` as another command line would set them (``Flags(sys.flags, no_site=1)``
+    for ``python -S``), for ``monkeypatch.setattr(sys, "flags", ...)`` where the code under
+    test reads a flag this process was not started with."""
+
+    def __init__(self, real: Any, **changed: int) -> None:
+        self._real, self._changed = real, changed
+
+    def __getattr__(self, name: str) -> Any:
+        return self._changed[name] if name in self._changed else getattr(self._real, name)
+
+
 @pytest.fixture(scope="session")
 def envs() -> Any:
     """The fresh virtual environments of the start-up tests (tests/bootenv.py): built when a

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, List
 
 import pytest
+from conftest import Flags
 
 import aiotrace
 import aiotrace_boot
@@ -117,6 +118,40 @@ def test_hook_runs_in_child_looks_for_the_pth_in_site_directories() -> None:
         for d in [*site.getsitepackages(), site.getusersitepackages()]
     )
     assert cli._hook_runs_in_child() is (installed and not sys.flags.no_site)
+
+
+def test_hook_runs_in_child_for_a_user_install_unless_site_is_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``pip install --user aiotrace``: the child reads the user site's aiotrace.pth, unless it
+    runs with ``-s`` (no user site) or ``-S`` (no site at all), which ``run`` passes on to it."""
+    import site
+
+    (tmp_path / "user").mkdir()
+    (tmp_path / "user" / "aiotrace.pth").write_text("import aiotrace_boot\n")
+    monkeypatch.setattr(site, "getsitepackages", lambda: [str(tmp_path)])
+    monkeypatch.setattr(site, "getusersitepackages", lambda: str(tmp_path / "user"))
+    monkeypatch.setattr(site, "ENABLE_USER_SITE", True)
+    monkeypatch.setattr(sys, "flags", Flags(sys.flags, no_site=0, no_user_site=0))
+    assert cli._hook_runs_in_child() is True
+    monkeypatch.setattr(sys, "flags", Flags(sys.flags, no_site=0, no_user_site=1))
+    assert cli._hook_runs_in_child() is False
+    (tmp_path / "aiotrace.pth").write_text("import aiotrace_boot\n")
+    assert cli._hook_runs_in_child() is True
+    monkeypatch.setattr(sys, "flags", Flags(sys.flags, no_site=1, no_user_site=0))
+    assert cli._hook_runs_in_child() is False
+
+
+def test_run_where_exec_is_not_real_passes_on_the_childs_exit_code(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Windows has no exec that keeps the process: ``run`` runs the target as a child with
+    AIOTRACE_ENABLE=1 and returns its exit code (shown here on this platform's subprocess)."""
+    monkeypatch.setattr(cli, "_hook_runs_in_child", lambda: True)
+    monkeypatch.setattr(os, "name", "nt")
+    monkeypatch.delenv("AIOTRACE_ENABLE", raising=False)
+    code = "import os, sys; sys.exit(40 + int(os.environ['AIOTRACE_ENABLE']))"
+    assert cli.main(["run", "-c", code]) == 41
 
 
 @pytest.mark.parametrize("form", ["file", "-m", "-c"])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from bootenv import Environments, cleanup, environments
+from conftest import Flags
 
 import aiotrace
 from aiotrace import doctor
@@ -27,6 +28,14 @@ def site(tmp_path: Path) -> Path:
 
 def errors(data) -> list:
     return [p["message"] for p in data["problems"] if p["level"] == "error"]
+
+
+def row(text: str, key: str) -> str:
+    """The value of the first row ``key`` of a rendered report."""
+    for line in text.splitlines():
+        if line.startswith(f"  {key}  "):
+            return line[len(key) + 2 :].strip()
+    raise AssertionError(f"no row {key!r} in:\n{text}")
 
 
 def test_healthy_setup(site: Path) -> None:
@@ -188,16 +197,18 @@ class _EntryPoint:
 
 
 @pytest.mark.parametrize(
-    ("versions", "state"),
+    ("entry_points", "versions", "state"),
     [
-        ({"opentelemetry-instrumentation": None}, "not available: pip install"),
-        ({}, "disabled by OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"),
+        # aiotrace run from a checkout on PYTHONPATH: no installed metadata, no entry point.
+        ([], {}, "not registered (this aiotrace has no opentelemetry_instrumentor entry point)"),
+        ([_EntryPoint()], {"opentelemetry-instrumentation": None}, "not available: pip install"),
+        ([_EntryPoint()], {}, "disabled by OTEL_PYTHON_DISABLED_INSTRUMENTATIONS"),
     ],
 )
-def test_instrumentor_states(monkeypatch, site: Path, versions, state) -> None:
+def test_instrumentor_states(monkeypatch, site: Path, entry_points, versions, state) -> None:
     real = doctor._version
     monkeypatch.setattr(doctor, "_version", lambda name: versions.get(name, real(name) or "9"))
-    monkeypatch.setattr(doctor, "_entry_points", lambda group: [_EntryPoint()])
+    monkeypatch.setattr(doctor, "_entry_points", lambda group: entry_points)
     monkeypatch.setattr(doctor, "_importable", lambda module, report: True)
     environ = {"OTEL_PYTHON_DISABLED_INSTRUMENTATIONS": "flask, aiotrace"}
     assert doctor.collect(environ, [str(site)])["instrumentor"].startswith(state)
@@ -238,6 +249,128 @@ def test_missing_or_old_opentelemetry_api_fails(monkeypatch, site: Path, api, me
 def test_release_numbers() -> None:
     assert doctor._release("1.20.0rc1") == (1, 20, 0)
     assert doctor._release("0.41b0") == (0, 41)
+    assert doctor._release("1.27.dev0") == (1, 27)  # a development build is not "too old"
+
+
+def test_without_the_sdk_spans_are_not_recorded_which_is_a_note(monkeypatch, site: Path) -> None:
+    real = doctor._version
+    monkeypatch.setattr(
+        doctor, "_version", lambda name: None if name == "opentelemetry-sdk" else real(name)
+    )
+    data = doctor.collect({}, [str(site)])
+    assert data["ok"]
+    assert data["opentelemetry"]["opentelemetry-sdk"] is None
+    (note,) = [p for p in data["problems"] if p["message"].startswith("opentelemetry-sdk ")]
+    assert note["level"] == "note"
+    assert "spans are not recorded, whatever aiotrace does" in note["message"]
+    assert row(doctor.render(data), "opentelemetry-sdk") == "not installed"
+
+
+def test_an_event_loop_that_cannot_be_made_is_a_warning(monkeypatch, site: Path) -> None:
+    class Policy:  # e.g. a platform's loop that cannot start here
+        def new_event_loop(self):
+            raise OSError("no selector here")
+
+    monkeypatch.setattr(asyncio, "get_event_loop_policy", Policy)
+    data = doctor.collect({}, [str(site)])
+    assert data["ok"]
+    assert data["event_loop"]["loop"] is None
+    assert data["event_loop"]["uvloop_in_use"] is False
+    warnings = [p["message"] for p in data["problems"] if p["level"] == "warning"]
+    assert "could not create an event loop: OSError: no selector here" in warnings
+    assert row(doctor.render(data), "event loop") == "None (policy None)"
+
+
+def test_the_hook_in_the_user_site_packages_is_found(monkeypatch, tmp_path: Path) -> None:
+    """``pip install --user aiotrace``: the hook's files are in the user site-packages, which
+    Python reads unless it is disabled (in a virtual environment, or by ``python -s``)."""
+    import site as site_module
+
+    system, user = tmp_path / "system", tmp_path / "user"
+    system.mkdir()
+    user.mkdir()
+    (user / "aiotrace.pth").write_text(PTH)
+    (user / "aiotrace.start").write_text("aiotrace_boot:start\n")
+    monkeypatch.setattr(site_module, "getsitepackages", lambda: [str(system)])
+    monkeypatch.setattr(site_module, "getusersitepackages", lambda: str(user))
+    monkeypatch.setattr(site_module, "ENABLE_USER_SITE", True)
+    monkeypatch.setattr(sys, "flags", Flags(sys.flags, no_user_site=0))
+    data = doctor.collect({"AIOTRACE_ENABLE": "1"})
+    assert data["ok"], data["problems"]
+    assert data["startup_hook"]["would_fire"] is True
+    assert data["startup_hook"]["files"]["aiotrace.pth"] == [str(user / "aiotrace.pth")]
+
+    monkeypatch.setattr(sys, "flags", Flags(sys.flags, no_user_site=1))  # python -s
+    data = doctor.collect({"AIOTRACE_ENABLE": "1"})
+    assert data["startup_hook"]["files"]["aiotrace.pth"] == []
+    assert not data["ok"]
+
+
+def test_python_dash_capital_s_disables_the_hook(monkeypatch, site: Path) -> None:
+    monkeypatch.setattr(sys, "flags", Flags(sys.flags, no_site=1))
+    data = doctor.collect({"AIOTRACE_ENABLE": "1"}, [str(site)])
+    assert data["startup_hook"]["why_not"] == ["Python runs with -S (site disabled)"]
+    assert errors(data) == [
+        "AIOTRACE_ENABLE is on but the start-up hook cannot run: Python runs with -S (site "
+        "disabled) (installed with --target or on PYTHONPATH? install aiotrace into the "
+        "environment, run under opentelemetry-instrument, or call aiotrace.install() in code)"
+    ]
+
+
+def test_a_process_the_hook_switched_on_says_so(monkeypatch, site: Path) -> None:
+    import aiotrace_boot
+
+    monkeypatch.setattr(aiotrace_boot, "_booted", [True])  # what start() leaves when it acted
+    aiotrace.install()
+    data = doctor.collect({"AIOTRACE_ENABLE": "1"}, [str(site)])
+    assert data["ok"], data["problems"]
+    assert data["startup_hook"]["fired_in_this_process"] is True
+    assert data["this_process"]["switched_on_by"] == ["start-up hook"]
+    text = doctor.render(data)
+    assert row(text, "fired here") == "yes"
+    assert row(text, "switched on by") == "start-up hook"
+
+
+def test_a_process_the_instrumentor_switched_on_says_so(monkeypatch, site: Path) -> None:
+    pytest.importorskip("opentelemetry.instrumentation.instrumentor")
+    from aiotrace.instrumentation import AiotraceInstrumentor
+
+    for name in list(__import__("os").environ):
+        if name.startswith("AIOTRACE_"):
+            monkeypatch.delenv(name)
+    instrumentor = AiotraceInstrumentor()
+    instrumentor.instrument()
+    try:
+        data = doctor.collect({}, [str(site)])
+    finally:
+        instrumentor.uninstrument()
+    assert data["instrumentor"] == "switched aiotrace on in this process"
+    assert data["this_process"]["switched_on_by"] == ["instrumentor"]
+    assert "queue" in data["this_process"]["active_patches"]
+    assert doctor.collect({}, [str(site)])["this_process"]["switched_on_by"] == []
+
+
+def test_late_modules_not_imported_yet_are_listed(monkeypatch, site: Path) -> None:
+    """A module whose patches wait for its import (the process pool here): the report says
+    whether anything will patch it when it loads."""
+    late = "concurrent.futures.process"
+    monkeypatch.delitem(sys.modules, late, raising=False)  # as in a process that never used it
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))  # install()'s finder goes after
+
+    data = doctor.collect({}, [str(site)])
+    assert late in data["this_process"]["late_modules"]["not_imported_yet"]
+    assert data["this_process"]["late_modules"]["patched_on_import_by"] is None
+    waiting = row(doctor.render(data), "not imported yet")
+    assert late in waiting.split(": ")[0].split(", ")
+    assert waiting.endswith(": nothing patches them")
+
+    aiotrace.install()
+    data = doctor.collect({}, [str(site)])
+    by = data["this_process"]["late_modules"]["patched_on_import_by"]
+    assert by in ("install()", "start-up hook")  # the hook's finder, if pytest runs under it
+    waiting = row(doctor.render(data), "not imported yet")
+    assert late in waiting.split(": ")[0].split(", ")
+    assert waiting.endswith(f": patched when imported ({by} import hook)")
 
 
 def test_hook_that_ran_without_installing_fails(monkeypatch, site: Path) -> None:
@@ -249,6 +382,26 @@ def test_hook_that_ran_without_installing_fails(monkeypatch, site: Path) -> None
     assert errors(data) == [
         "the start-up hook ran in this process but aiotrace did not install "
         "(its reason is the 'aiotrace:' line on stderr)"
+    ]
+
+
+def test_a_queue_replaced_before_install_is_one_conflict(monkeypatch, site: Path) -> None:
+    """install() records the foreign class it left alone; doctor's own look at asyncio's names
+    finds the same one: the report names it once."""
+    from aiotrace import registry
+
+    class TheirQueue(asyncio.Queue):
+        pass
+
+    monkeypatch.setattr(asyncio, "Queue", TheirQueue)
+    try:
+        aiotrace.install()
+        data = doctor.collect({}, [str(site)])
+    finally:
+        registry.conflicts.clear()
+    assert [c for c in data["conflicts"] if c.startswith("asyncio.Queue ")] == [
+        "asyncio.Queue is test_doctor.test_a_queue_replaced_before_install_is_one_conflict."
+        "<locals>.TheirQueue, not asyncio's: aiotrace left it alone"
     ]
 
 

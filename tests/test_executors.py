@@ -12,6 +12,7 @@ import concurrent.futures
 import contextvars
 import functools
 import multiprocessing
+import re
 import subprocess
 import sys
 import threading
@@ -23,7 +24,7 @@ from conftest import LOOPS, run_on, tracer
 from opentelemetry import baggage, context, trace
 
 import aiotrace
-from aiotrace import executors
+from aiotrace import executors, registry
 from aiotrace.propagation import call_with_carrier
 
 Work = Callable[[], int]
@@ -384,10 +385,17 @@ def test_submit_without_a_positional_callable_behaves_as_the_stdlibs():
     """``submit()`` with no callable: TypeError; Python 3.8's deprecated ``submit(fn=...)``:
     a DeprecationWarning and the job runs. The stdlib decides both, as without aiotrace."""
     import concurrent.futures
+    import concurrent.futures.process  # before install(): its pool is patched when imported
     import sys
     import warnings
 
     aiotrace.install()
+    stock = registry.original("concurrent.futures.process:ProcessPoolExecutor", "submit")
+    with concurrent.futures.ProcessPoolExecutor(1) as processes:  # refused before any worker
+        with pytest.raises(TypeError) as refused:
+            stock(processes, arg=1)
+        with pytest.raises(TypeError, match=f"^{re.escape(str(refused.value))}$"):
+            processes.submit(arg=1)
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
         with pytest.raises(TypeError):
             pool.submit(arg=1)

@@ -255,6 +255,42 @@ def test_items_put_behind_the_queues_back_have_no_context(honest_run, kind):
     honest_run(main())
 
 
+@pytest.mark.parametrize("kind", ["Queue", "LifoQueue"])
+def test_a_queue_emptied_behind_its_back_hands_the_next_item_its_own_context(honest_run, kind):
+    """``q._queue.clear()`` (a drain that bypasses ``get``) leaves no stale context in front
+    of the next item."""
+
+    async def main() -> None:
+        q = QUEUES[kind]()
+        with tracer.start_as_current_span("dropped"):
+            q.put_nowait(1)
+            q.put_nowait(2)
+        q._queue.clear()
+        with tracer.start_as_current_span("later"):
+            q.put_nowait(3)
+        item, otel_ctx = q.get_nowait_with_context()
+        assert item == 3
+        assert current_span_name(otel_ctx) == "later"
+
+    honest_run(main())
+
+
+def test_receive_with_context_takes_a_propagating_queue(run):
+    """``aiotrace.receive_with_context`` accepts the queues as well as anyio's streams."""
+
+    async def main() -> None:
+        q = aiotrace.PropagatingQueue()
+        with tracer.start_as_current_span("producer"):
+            q.put_nowait("job")
+        with tracer.start_as_current_span("consumer"):
+            item, otel_ctx = await aiotrace.receive_with_context(q)
+            assert current_span_name() == "consumer"
+        assert item == "job"
+        assert current_span_name(otel_ctx) == "producer"
+
+    run(main())
+
+
 def test_consume_restores_the_consumers_context_and_records_errors(run, spans):
     async def main() -> None:
         q = aiotrace.PropagatingQueue()

@@ -4,6 +4,7 @@ waiter suite shared with the queues is tests/test_waiters.py)."""
 from __future__ import annotations
 
 import asyncio
+import sys
 
 import pytest
 from conftest import tracer
@@ -49,6 +50,30 @@ def test_condition_keeps_an_explicit_lock(run):
             assert lock.locked()
         default = aiotrace.PropagatingCondition()
         assert isinstance(default._lock, aiotrace.PropagatingLock)
+
+    run(main())
+
+
+def test_condition_refuses_loop_as_the_stdlib_does(run):
+    """``loop=``: refused by asyncio.Condition from Python 3.10 on, with its own message (run
+    here on 3.8-3.15); 3.8 and 3.9 still accept it, with a DeprecationWarning."""
+    import warnings
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        if sys.version_info >= (3, 10):
+            with pytest.raises(TypeError) as stock:
+                asyncio.Condition(loop=loop)
+            with pytest.raises(TypeError) as ours:
+                aiotrace.PropagatingCondition(loop=loop)
+            assert str(ours.value) == str(stock.value)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                cond = aiotrace.PropagatingCondition(loop=loop)
+            assert isinstance(cond._lock, aiotrace.PropagatingLock)
+            async with cond:
+                assert cond.locked()
 
     run(main())
 

@@ -194,6 +194,12 @@ def test_a_foreign_class_is_left_alone_and_reported(caplog, monkeypatch):
     assert "TheirQueue" in registry.conflicts["asyncio.Queue"]
     assert "asyncio.queues.Queue" not in registry.conflicts  # the submodule name was patched
     assert any("not asyncio's; left alone" in r.getMessage() for r in caplog.records)
+    found = dict(registry.conflicts)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="aiotrace"):
+        aiotrace.install()  # again (the late-module finder does): the same conflict, said once
+    assert registry.conflicts == found
+    assert not any("left alone" in r.getMessage() for r in caplog.records)
     aiotrace.uninstall()
     assert asyncio.Queue is TheirQueue
     registry.conflicts.clear()
@@ -307,6 +313,91 @@ def test_a_failing_patch_undoes_everything_that_call_applied(monkeypatch, group,
     monkeypatch.undo()
     # Nothing was left half-done: the next call applies everything.
     assert aiotrace.install(patch_threads=True) == frozenset(registry.PATCH_NAMES)
+
+
+def test_an_interrupt_during_install_undoes_everything_and_is_not_wrapped(monkeypatch):
+    """Ctrl-C (or ``SystemExit``) while install() runs: what it applied is undone and the
+    exception leaves as it is, not as an InstallError."""
+    _all_owners_imported()
+    before = _snapshot()
+    target = _last_patch_of("thread")
+
+    def interrupted(original: object) -> None:
+        raise KeyboardInterrupt
+
+    patches = tuple(
+        dataclasses.replace(p, make=interrupted) if p is target else p for p in registry.PATCHES
+    )
+    monkeypatch.setattr(catalogue, "PATCHES", patches)
+    with pytest.raises(KeyboardInterrupt):
+        aiotrace.install(patch_threads=True)
+    after = _snapshot()
+    assert [key for key in before if after[key] is not before[key]] == []
+    assert aiotrace.installed() == frozenset()
+
+
+def test_an_on_change_hook_failing_again_while_undoing_is_logged(monkeypatch, caplog):
+    """The error install() reports is the one that made it fail; the same hook failing again
+    while the call is undone is a warning."""
+    calls = []
+
+    def hook(active: bool) -> None:
+        calls.append(active)
+        raise RuntimeError(f"hook broken (active={active})")
+
+    monkeypatch.setattr(catalogue, "ON_CHANGE", {**catalogue.ON_CHANGE, "asyncgen": hook})
+    caplog.set_level(logging.WARNING, logger="aiotrace")
+    with pytest.raises(aiotrace.InstallError) as failed:
+        aiotrace.install()
+    assert str(failed.value).startswith(
+        "aiotrace could not patch the asyncgen group's on-change hook: RuntimeError: "
+        "hook broken (active=True); nothing was changed"
+    )
+    assert calls == [True, False]  # told it was on, then off again
+    assert [r.getMessage() for r in caplog.records] == [
+        "aiotrace: the asyncgen group's on-change hook failed: "
+        "RuntimeError('hook broken (active=False)')"
+    ]
+    assert aiotrace.installed() == frozenset()
+
+
+def test_a_late_module_still_being_imported_is_patched_once_done(monkeypatch):
+    """install() running while uvloop is half imported (it imports asyncio first, which may
+    start aiotrace): its ``Loop`` does not exist yet, so its patches wait for the next
+    install(), which the late-module finder calls once uvloop has loaded. Any other owner
+    missing is an error."""
+    uvloop = pytest.importorskip("uvloop")
+    loop_class = uvloop.Loop
+    monkeypatch.delattr(uvloop, "Loop")
+    groups = aiotrace.install()
+    assert "asyncgen" in groups  # asyncio's own loops are patched
+    assert registry.original("uvloop:Loop", "shutdown_asyncgens") is None
+    monkeypatch.setattr(uvloop, "Loop", loop_class, raising=False)  # its import is done
+    aiotrace.install()
+    assert registry.original("uvloop:Loop", "shutdown_asyncgens") is not None
+    aiotrace.uninstall()
+
+    monkeypatch.delattr(asyncio.base_events, "BaseEventLoop")
+    with pytest.raises(aiotrace.InstallError, match=r"^aiotrace could not patch asyncio\.base"):
+        aiotrace.install()
+    assert aiotrace.installed() == frozenset()
+
+
+def test_the_late_module_finder_installs_only_what_was_asked_for(monkeypatch):
+    """What the registry hands the late-module finder (aiotrace_boot/_late.py) to call after
+    uvloop, the process pool or anyio's streams load: install() again with the groups asked for
+    so far, and nothing once uninstall() ran."""
+    from aiotrace_boot import _late
+
+    handed = []
+    monkeypatch.setattr(_late, "follow_late_modules", handed.append)
+    groups = aiotrace.install(exclude=["queue"])
+    (again,) = set(handed)
+    assert again() == groups
+    assert "queue" not in aiotrace.installed()
+    aiotrace.uninstall()
+    assert again() == frozenset()
+    assert aiotrace.installed() == frozenset()
 
 
 @pytest.mark.parametrize("group", registry.PATCH_NAMES)
