@@ -987,7 +987,7 @@ def pausing():
 
 @pytest.mark.parametrize("installed", [False, True], ids=["stock", "installed"])
 def test_collector_thread_and_loop_never_run_otels_generator_at_once(
-    honest_run, spans, caplog, collector_by_hand, pausing, installed
+    honest_run, spans, caplog, collector_by_hand, pausing, installed, monkeypatch
 ):
     """The realstack server's "Task exception was never retrieved ... ValueError('generator
     already executing')": a collection in another thread finalizes the async generator (the
@@ -999,6 +999,11 @@ def test_collector_thread_and_loop_never_run_otels_generator_at_once(
     if installed:
         aiotrace.install()
     log = []
+    # The same race can end in the collector's thread instead: CPython reports "Exception
+    # ignored while closing generator <... Tracer.start_as_current_span ...>" (seen on 3.14.10
+    # in CI). Recorded here, and asserted on below, rather than left to pytest's hook.
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
 
     async def main():
         errors = []
@@ -1024,16 +1029,19 @@ def test_collector_thread_and_loop_never_run_otels_generator_at_once(
 
     errors = honest_run(main())
     failures = [r.getMessage() for r in detach_failures(caplog)]
+    ignored = [repr(u.exc_value) for u in unraisable]
     if installed:
-        assert (errors, failures, log) == ([], [], ["finally"])
+        assert (errors, failures, ignored, log) == ([], [], [], ["finally"])
         assert spans.parent("gen") == "request"
     else:
         # Stock: OpenTelemetry's generator is finalized in the collector thread, outside the
-        # task, so its detach fails. Whether the loop's own close also runs into it while the
-        # thread is inside it ("generator already executing") depends on timing: seen on 3.11,
-        # not in a CI run on 3.9.
+        # task, so its detach fails. Whether the loop's close and the thread also run into each
+        # other ("generator already executing", reported by the loop or by the thread) depends
+        # on timing: seen on 3.11 and 3.14, not in a CI run on 3.9.
         assert DETACH_FAILURE in failures
-        assert set(errors) <= {repr(ValueError("generator already executing"))}
+        racing = {repr(ValueError("generator already executing"))}
+        assert set(errors) <= racing
+        assert set(ignored) <= racing
     caplog.clear()  # the stock failure is what this shows
 
 
