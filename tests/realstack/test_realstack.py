@@ -139,6 +139,11 @@ class Stack:
             # The supervisor binds the socket and spawns the workers: fresh interpreters, in
             # which the start-up hook reads the variable they inherit.
             command = [str(self.bin / "uvicorn"), *uvicorn, "--workers", str(WORKERS[mode])]
+            # The supervisor pings each worker every half second and kills one that has not
+            # answered within --timeout-worker-healthcheck (5 s by default; uvicorn 0.55.0's
+            # supervisors/multiprocess.py), a worker still starting up included: on a loaded
+            # machine that reset the client's connections (httpx.ReadError). Only a hang guard.
+            command += ["--timeout-worker-healthcheck", str(TIMEOUT)]
             return command, {**env, "AIOTRACE_ENABLE": "1"} if on else env
         if mode == "install() from code":
             return [self.python, *serve], {**env, "REALSTACK_INSTALL": "1"}
@@ -359,8 +364,9 @@ def _serve(stack: Stack, mode: str, on: bool, loop: str, tmp_path: Path) -> dict
     server = Server(command, env, spans_file, workers)
     try:
         requests, reported = asyncio.run(_drive(server.port, workers))
-    finally:
-        log = server.stop()
+    except Exception as error:  # the server's side of it, for whoever reads the failure
+        raise AssertionError(f"the client failed: {error!r}\n{server.stop()[-5000:]}") from error
+    log = server.stop()
     spans = [json.loads(line) for line in spans_file.read_text().splitlines()]
     detach = sum(line.startswith(DETACH) for line in log.splitlines())
     # Seen with aiotrace off, all after the /stream disconnects (the garbage collector closes
