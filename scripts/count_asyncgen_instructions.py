@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import re
 import subprocess
@@ -25,15 +27,10 @@ from typing import Any, List, Optional
 
 
 def workload(n: int, mode: str, per_task: bool, asyncgens: Optional[str]) -> None:
+    if asyncgens:
+        _load_asyncgens_from(asyncgens)
     import aiotrace
 
-    if asyncgens:
-        spec = importlib.util.spec_from_file_location("aiotrace.asyncgens", asyncgens)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["aiotrace.asyncgens"] = module
-        spec.loader.exec_module(module)
-        aiotrace.asyncgens = module  # type: ignore[attr-defined]
     if mode == "patched":
         aiotrace.install()
 
@@ -59,6 +56,39 @@ def workload(n: int, mode: str, per_task: bool, asyncgens: Optional[str]) -> Non
         loop.run_until_complete(loop.shutdown_asyncgens())
     finally:
         loop.close()
+
+
+class _AsyncgensLoader(importlib.machinery.SourceFileLoader):
+    """Loads FILE as ``aiotrace.asyncgens``. A module older than ``on_change`` (4dbbcf4) gets
+    the one the registry did then: ``set_recording`` and ``sync_running_loop_hooks``."""
+
+    def exec_module(self, module: Any) -> None:
+        super().exec_module(module)
+        if not hasattr(module, "on_change"):
+
+            def on_change(applied: bool) -> None:
+                module.set_recording(applied)
+                module.sync_running_loop_hooks()
+
+            module.on_change = on_change
+
+
+class _AsyncgensFinder(importlib.abc.MetaPathFinder):
+    def __init__(self, path: str) -> None:
+        self._path = path
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name != "aiotrace.asyncgens":
+            return None
+        loader = _AsyncgensLoader(name, self._path)
+        return importlib.util.spec_from_file_location(name, self._path, loader=loader)
+
+
+def _load_asyncgens_from(path: str) -> None:
+    """Makes ``import aiotrace`` load ``path`` as ``aiotrace.asyncgens``: the catalogue takes
+    the hooks from that module when aiotrace is imported, so replacing the module afterwards
+    (as this script did up to 2026-12-03) left install() with the installed one."""
+    sys.meta_path.insert(0, _AsyncgensFinder(path))
 
 
 def count(n: int, mode: str, extra: List[str]) -> int:

@@ -1046,14 +1046,28 @@ def test_collector_thread_and_loop_never_run_otels_generator_at_once(
 
 
 def test_a_long_lived_task_keeps_no_growing_list_of_its_generators(honest_run, collector_by_hand):
-    """A worker task that starts generator after generator (run to the end) and never finishes:
-    aiotrace's list of its generators, looked at when the task is done, stays short."""
+    """A worker task that starts generator after generator (run to the end) and never finishes,
+    each found suspended by a collection: aiotrace's list of its generators, looked at when the
+    task is done, stays short. Generators that no collection found suspended are not listed."""
     aiotrace.install()
 
     async def main():
-        for _ in range(1000):
+        noted = 0
+        for _ in range(300):
+            gen = plain_gen([])
+            async for _ in gen:
+                gc.collect(0)  # notes the suspended generator as this task's
+                owned = asyncgens._owned.get(id(asyncio.current_task()))
+                noted += owned is not None and id(gen) in owned[1]
+                break
+            await gen.aclose()
+        for _ in range(300):
             async for _ in plain_gen([]):
                 pass
-        return len(asyncgens._owned[id(asyncio.current_task())][1])
+        owned = asyncgens._owned.get(id(asyncio.current_task()))
+        return noted, len(owned[1]) if owned else 0, len(asyncgens._pending)
 
-    assert honest_run(main()) < 64
+    noted, listed, pending = honest_run(main())
+    assert noted == 300
+    assert listed < 64
+    assert pending <= asyncgens._PENDING_MAX
