@@ -158,18 +158,26 @@ def test_blocked_put_records_the_putters_context_not_the_wakers(run, kind):
     run(main())
 
 
-def test_get_with_context_leaves_the_consumers_context(honest_run):
+@pytest.mark.parametrize(
+    "receive",
+    [aiotrace.PropagatingQueue.get_with_context, aiotrace.receive_with_context],
+    ids=["get_with_context", "receive_with_context"],
+)
+def test_get_with_context_leaves_the_consumers_context(run, receive):
+    """The item comes with its producer's context, the consumer's stays current; also through
+    ``aiotrace.receive_with_context``, which accepts the queues as well as anyio's streams."""
+
     async def main() -> None:
         q = aiotrace.PropagatingQueue()
         with tracer.start_as_current_span("producer"):
             q.put_nowait("x")
         with tracer.start_as_current_span("consumer"):
-            item, otel_ctx = await q.get_with_context()
+            item, otel_ctx = await receive(q)
             assert current_span_name() == "consumer"
         assert item == "x"
         assert current_span_name(otel_ctx) == "producer"
 
-    honest_run(main())
+    run(main())
 
 
 @dataclasses.dataclass(order=True)
@@ -273,22 +281,6 @@ def test_a_queue_emptied_behind_its_back_hands_the_next_item_its_own_context(hon
         assert current_span_name(otel_ctx) == "later"
 
     honest_run(main())
-
-
-def test_receive_with_context_takes_a_propagating_queue(run):
-    """``aiotrace.receive_with_context`` accepts the queues as well as anyio's streams."""
-
-    async def main() -> None:
-        q = aiotrace.PropagatingQueue()
-        with tracer.start_as_current_span("producer"):
-            q.put_nowait("job")
-        with tracer.start_as_current_span("consumer"):
-            item, otel_ctx = await aiotrace.receive_with_context(q)
-            assert current_span_name() == "consumer"
-        assert item == "job"
-        assert current_span_name(otel_ctx) == "producer"
-
-    run(main())
 
 
 def test_consume_restores_the_consumers_context_and_records_errors(run, spans):
