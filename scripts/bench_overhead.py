@@ -65,30 +65,27 @@ async def queue_batches(n: int) -> None:
             await q.get()
 
 
-async def lock_contended(n: int) -> None:
-    """Four tasks take turns on one lock, each acquisition waits for the holder."""
-    lock = asyncio.Lock()
+async def _take_turns(primitive: Any, n: int) -> None:
+    """Four tasks take turns on ``primitive`` (an async context manager held by one task at a
+    time): each acquisition waits for the holder."""
     per_task = n // 4
 
     async def worker() -> None:
         for _ in range(per_task):
-            async with lock:
+            async with primitive:
                 await asyncio.sleep(0)
 
     await asyncio.gather(*[worker() for _ in range(4)])
+
+
+async def lock_contended(n: int) -> None:
+    """Four tasks take turns on one lock, each acquisition waits for the holder."""
+    await _take_turns(asyncio.Lock(), n)
 
 
 async def semaphore_contended(n: int) -> None:
     """Four tasks take turns on a ``Semaphore(1)``: each acquisition waits for the holder."""
-    sem = asyncio.Semaphore(1)
-    per_task = n // 4
-
-    async def worker() -> None:
-        for _ in range(per_task):
-            async with sem:
-                await asyncio.sleep(0)
-
-    await asyncio.gather(*[worker() for _ in range(4)])
+    await _take_turns(asyncio.Semaphore(1), n)
 
 
 async def condition_wait_notify(n: int) -> None:
